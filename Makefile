@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install run test test-fast lint check-deploy clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## Migrate, create the demo user, start web + worker on http://127.0.0.1:8000, send demo alerts.
+run: install
+	VIGIL_DEBUG=1 ./scripts/run-dev.sh
+
+## The full suite (real PostgreSQL/Redis when DATABASE_URL/CELERY_BROKER_URL are set).
+test: install
+	VIGIL_TESTING=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+## Everything but the browser and real-Alertmanager tests.
+test-fast: install
+	VIGIL_TESTING=1 $(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	VIGIL_DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,48 @@
+"""Evidence: what a collector found (or why it could not), tagged with the entity it is about."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class Evidence(models.Model):
+    class Status(models.TextChoices):
+        OK = "ok"
+        FAILED = "failed"
+
+    incident = models.ForeignKey(
+        "incidents.Incident", on_delete=models.CASCADE, related_name="evidence"
+    )
+    collector = models.CharField(
+        max_length=50, help_text="Module name: prometheus, kubernetes, logs…"
+    )
+    kind = models.CharField(max_length=50)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OK)
+    reason = models.TextField(blank=True)
+    entity_kind = models.CharField(max_length=50, blank=True)
+    entity_namespace = models.CharField(max_length=253, blank=True)
+    entity_name = models.CharField(max_length=253, blank=True)
+    title = models.CharField(max_length=500)
+    data = models.JSONField(default=dict, blank=True)
+    collected_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["collected_at", "id"]
+        verbose_name_plural = "evidence"
+        indexes = [
+            models.Index(fields=["incident", "collector"], name="evidence_incident_collector")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.collector}/{self.kind}: {self.title}"
+
+    @property
+    def entity(self) -> dict | None:
+        if not self.entity_kind:
+            return None
+        return {
+            "kind": self.entity_kind,
+            "namespace": self.entity_namespace or None,
+            "name": self.entity_name,
+        }

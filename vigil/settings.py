@@ -1,0 +1,268 @@
+"""Vigil settings: everything comes from environment variables (12-factor).
+
+With nothing set, Vigil runs on the embedded default: a SQLite file and a Celery broker on SQLite
+(kombu's SQLAlchemy transport), so `make run` needs no server. `DATABASE_URL` and
+`CELERY_BROKER_URL` switch to PostgreSQL and Redis. With `VIGIL_DEBUG` off (the default), the
+settings are production settings and pass `manage.py check --deploy`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+from csp.constants import NONE, SELF
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VIGIL_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """Read a boolean so that `1`, `true`, `yes` and `on` all mean yes."""
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_seconds(name: str, default: float) -> float:
+    """Durations as plain seconds or with a unit suffix (30s, 10m, 2h), like Alertmanager's."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if raw[-1] in units:
+            return float(raw[:-1]) * units[raw[-1]]
+        return float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a duration (e.g. 90, 30s, 10m, 2h)"
+        ) from exc
+
+
+DEBUG = env_bool("VIGIL_DEBUG", False)
+TESTING = env_bool("VIGIL_TESTING", False)
+
+SECRET_KEY = os.environ.get("VIGIL_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not (DEBUG or TESTING):
+        raise ImproperlyConfigured(
+            "VIGIL_SECRET_KEY must be set in production (or set VIGIL_DEBUG=1 for development)."
+        )
+    SECRET_KEY = "insecure-development-key-do-not-use-in-production-" + "x" * 20
+
+ALLOWED_HOSTS = env_list("VIGIL_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("VIGIL_CSRF_TRUSTED_ORIGINS")
+VIGIL_BASE_URL = os.environ.get("VIGIL_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "csp",
+    "ninja",
+    "incidents",
+    "collectors",
+    "assistant",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "vigil.urls"
+WSGI_APPLICATION = "vigil.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "incidents.context_processors.roles",
+            ],
+        },
+    },
+]
+
+# Database: SQLite file by default, PostgreSQL (psycopg 3) via DATABASE_URL.
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'vigil.sqlite3'}",
+        conn_max_age=int(os.environ.get("VIGIL_DB_CONN_MAX_AGE", "60")),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web process read while the worker writes; the timeout waits out short locks.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-vigil.sqlite3")}
+else:
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "incident-list"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not (DEBUG or TESTING)
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG or TESTING
+
+# Security. Hooks and the API are called by machines that do not follow redirects.
+SECURE_SSL_REDIRECT = env_bool("VIGIL_SSL_REDIRECT", not (DEBUG or TESTING))
+SECURE_REDIRECT_EXEMPT = [r"^hooks/", r"^api/", r"^slack/", r"^healthz$"]
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = int(os.environ.get("VIGIL_HSTS_SECONDS", "0" if DEBUG else "31536000"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = env_bool("VIGIL_HSTS_PRELOAD", True)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_SECURE = env_bool("VIGIL_SECURE_COOKIES", not (DEBUG or TESTING))
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy: no inline script or style anywhere, so no template has to change later.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "font-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+
+# Celery: embedded SQLite broker by default, Redis via CELERY_BROKER_URL.
+CELERY_BROKER_URL = (
+    os.environ.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}"
+)
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or (
+    CELERY_BROKER_URL
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+    else f"db+sqlite:///{VAR_DIR / 'celery-results.sqlite3'}"
+)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_EXPIRES = 24 * 3600
+CELERY_TIMEZONE = "UTC"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Publishing happens in request handlers: fail fast instead of hanging the webhook on a dead
+# broker. The stored delivery and the beat sweep make a failed publish harmless.
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_BROKER_CONNECTION_TIMEOUT = 1.0
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+BROKER_IS_REDIS = CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+# The SQLAlchemy transport hands its options to create_engine(), so these are Redis-only.
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {
+        "socket_connect_timeout": 1.0,
+        "socket_timeout": 2.0,
+        "max_retries": 0,
+        # Longer than the longest task, so a task still running is not delivered a second time.
+        "visibility_timeout": 3600,
+    }
+    if BROKER_IS_REDIS
+    else {}
+)
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = (
+    {"socket_connect_timeout": 1.0, "socket_timeout": 2.0} if BROKER_IS_REDIS else {}
+)
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 1.0
+CELERY_REDIS_SOCKET_TIMEOUT = 2.0
+CELERY_BEAT_SCHEDULE = {
+    "sweep": {"task": "incidents.tasks.sweep", "schedule": env_seconds("VIGIL_SWEEP_INTERVAL", 60)},
+}
+CELERY_TASK_ALWAYS_EAGER = env_bool("VIGIL_CELERY_EAGER", False)
+# Tests give each run its own queue so runs sharing one Redis never take each other's tasks.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("VIGIL_CELERY_QUEUE", "celery")
+
+# Vigil itself.
+VIGIL_WEBHOOK_MAX_BYTES = int(os.environ.get("VIGIL_WEBHOOK_MAX_BYTES", str(4 * 1024 * 1024)))
+# Django refuses larger bodies before the hook can answer 413 itself; keep its limit above ours.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(VIGIL_WEBHOOK_MAX_BYTES + 1, 2621440)
+VIGIL_GROUP_BY = env_list("VIGIL_GROUP_BY")
+VIGIL_GROUP_WINDOW = timedelta(seconds=env_seconds("VIGIL_GROUP_WINDOW", 30 * 60))
+VIGIL_AUTO_RESOLVE = env_bool("VIGIL_AUTO_RESOLVE", True)
+VIGIL_REOPEN_WINDOW = timedelta(seconds=env_seconds("VIGIL_REOPEN_WINDOW", 60 * 60))
+# A delivery still unprocessed after this long is picked up by the sweep.
+VIGIL_SWEEP_GRACE = timedelta(seconds=env_seconds("VIGIL_SWEEP_GRACE", 30))
+# After a failed publish, skip the broker for this long (the sweep catches up).
+VIGIL_BROKER_BACKOFF_SECONDS = env_seconds("VIGIL_BROKER_BACKOFF", 10)
+
+# The default cluster (more are added in the admin).
+VIGIL_CLUSTER_NAME = os.environ.get("VIGIL_CLUSTER_NAME", "default")
+VIGIL_PROMETHEUS_URL = os.environ.get("VIGIL_PROMETHEUS_URL", "")
+VIGIL_ALERTMANAGER_URL = os.environ.get("VIGIL_ALERTMANAGER_URL", "")
+VIGIL_LOKI_URL = os.environ.get("VIGIL_LOKI_URL", "")
+KUBECONFIG = os.environ.get("KUBECONFIG", "")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("VIGIL_LOG_LEVEL", "INFO")},
+}

@@ -6,8 +6,9 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlencode
 
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, QuerySet, TextField
 from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
 from django.http import HttpRequest
 from ninja import Field, NinjaAPI, Query, Schema
 from ninja.errors import HttpError
@@ -167,9 +168,10 @@ def filter_incidents(
     if severity:
         queryset = queryset.filter(severity=severity)
     for key, wanted in labels:
-        matching = Alert.objects.annotate(_v=KeyTextTransform(key, "labels")).filter(
-            incident=OuterRef("pk"), _v=wanted
-        )
+        # A key lookup built from an expression, so label names with "__" stay literal; the cast
+        # makes SQLite compare text rather than JSON.
+        value = Cast(KeyTextTransform(key, "labels"), TextField())
+        matching = Alert.objects.annotate(_v=value).filter(incident=OuterRef("pk"), _v=wanted)
         queryset = queryset.filter(Exists(matching))
     return queryset
 

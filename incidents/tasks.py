@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
@@ -56,7 +55,7 @@ def enqueue_missed_collections(limit: int = SWEEP_BATCH) -> int:
     from collectors.tasks import collect_evidence
 
     now = timezone.now()
-    stale = now - max(settings.VIGIL_SWEEP_GRACE, timedelta(seconds=30))
+    stale = now - settings.VIGIL_SWEEP_GRACE
     missed = (
         Incident.objects.exclude(status=Incident.Status.RESOLVED)
         .filter(collection_started_at__isnull=True)

@@ -154,3 +154,18 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_queue():
+    """Remove this run's queue from the broker afterwards, so a shared Redis keeps no leftovers."""
+    yield
+    from django.conf import settings
+
+    from vigil.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+    except Exception as exc:  # the broker may be gone at the end of a fault test; say so
+        print(f"could not delete test queue: {exc}")

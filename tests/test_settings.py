@@ -1,0 +1,89 @@
+"""Settings come from the environment; production settings pass `check --deploy`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_manage(*args: str, **env: str) -> subprocess.CompletedProcess:
+    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_production_settings_pass_check_deploy(tmp_path):
+    result = run_manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        VIGIL_SECRET_KEY="k" * 20 + "-Qz9$#production-secret-key-that-is-long-and-random",
+        VIGIL_ALLOWED_HOSTS="vigil.example.com",
+        DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_production_refuses_to_start_without_a_secret_key():
+    result = run_manage("check")
+    assert result.returncode != 0
+    assert "VIGIL_SECRET_KEY must be set" in result.stderr
+
+
+def test_database_and_broker_urls_switch_backends():
+    code = (
+        "from django.conf import settings as s;"
+        "print(s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL, s.CELERY_RESULT_BACKEND)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": os.environ["PATH"],
+            "DJANGO_SETTINGS_MODULE": "vigil.settings",
+            "VIGIL_DEBUG": "1",
+            "DATABASE_URL": "postgres://u@db:5432/vigil",
+            "CELERY_BROKER_URL": "redis://r:6379/0",
+        },
+    )
+    assert result.stdout.split() == [
+        "django.db.backends.postgresql",
+        "redis://r:6379/0",
+        "redis://r:6379/0",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": os.environ["PATH"],
+            "DJANGO_SETTINGS_MODULE": "vigil.settings",
+            "VIGIL_DEBUG": "1",
+            "VIGIL_VAR_DIR": "/tmp/vigil-var",
+        },
+    )
+    engine, broker, backend = result.stdout.split()
+    assert engine == "django.db.backends.sqlite3"
+    assert broker == "sqla+sqlite:////tmp/vigil-var/celery-broker.sqlite3"
+    assert backend.startswith("db+sqlite:///")
+
+
+def test_a_bad_duration_is_a_clear_error():
+    result = run_manage("check", VIGIL_DEBUG="1", VIGIL_GROUP_WINDOW="soon")
+    assert result.returncode != 0
+    assert "VIGIL_GROUP_WINDOW='soon' is not a duration" in result.stderr

@@ -105,18 +105,26 @@ def ingest_notification(
         result.alerts_updated = len(to_update)
         result.incident_ids.update(a.incident_id for a in to_update)
 
+    bumps: dict[int, dict] = {}
     if new:
         incident, how = _incident_for(cluster, notification, new, now)
+        if how == "joined":
+            # A concurrent delivery may have stored some of these while we waited for the lock.
+            stored = _existing_instances(cluster, new)
+            new = [a for a in new if a.key not in stored]
         if how in ("opened", "reopened"):
             result.opened.append(incident.pk)
-        _create_instances(cluster, incident, notification, new, now, events)
-        result.alerts_created = len(new)
+        if new:
+            bumps[incident.pk] = _create_instances(
+                cluster, incident, notification, new, now, events
+            )
+            result.alerts_created = len(new)
         result.incident_ids.add(incident.pk)
 
     TimelineEvent.objects.bulk_create(events)
-    _roll_up(result.incident_ids, now)
+    _roll_up(result.incident_ids, bumps, now)
     for incident_id in result.opened:
-        _request_collection(incident_id, now)
+        publish_on_commit(_collect_evidence_task(), incident_id)
     return result
 
 
@@ -163,17 +171,21 @@ def _incident_for(
 ) -> tuple[Incident, str]:
     """The incident new instances join: the group's open one, a correlated one, or a new one."""
     key_hash = group_hash(notification.groupKey)
-    open_incidents = Incident.objects.filter(cluster=cluster).exclude(
-        status=Incident.Status.RESOLVED
+    # Locked: deliveries for one incident are ingested one after the other.
+    open_incidents = (
+        Incident.objects.select_for_update(of=("self",))
+        .filter(cluster=cluster)
+        .exclude(status=Incident.Status.RESOLVED)
     )
-    incident = (
-        open_incidents.filter(group_hash=key_hash).first()
-        or open_incidents.filter(alerts__group_hash=key_hash).order_by("-opened_at").first()
-    )
+    incident = open_incidents.filter(group_hash=key_hash).first()
     if incident:
         return incident, "joined"
     correlation_key = _correlation_key(notification)
     if correlation_key:
+        # Only correlation puts a group's alerts into another group's incident.
+        incident = open_incidents.filter(alerts__group_hash=key_hash).order_by("-opened_at").first()
+        if incident:
+            return incident, "joined"
         incident = (
             open_incidents.filter(
                 correlation_key=correlation_key, opened_at__gte=now - settings.VIGIL_GROUP_WINDOW
@@ -222,6 +234,7 @@ def _reopen(incident: Incident, now: datetime) -> bool:
                 status=Incident.Status.OPEN,
                 resolved_at=None,
                 updated_at=now,
+                collection_requested_at=now,
                 collection_started_at=None,
                 collection_finished_at=None,
             )
@@ -264,6 +277,7 @@ def _open_incident(
         labels=dict(labels),
         opened_at=min(a.startsAt for a in new) if not any_firing else now,
         updated_at=now,
+        collection_requested_at=now if any_firing else None,
     )
     if not any_firing:
         # Only resolutions of alerts never seen firing: keep the record, but nothing is open.
@@ -274,9 +288,9 @@ def _open_incident(
             incident.save()
     except IntegrityError:
         # A concurrent notification of the same group opened it first: join that one.
-        return Incident.objects.filter(cluster=cluster, group_hash=incident.group_hash).exclude(
-            status=Incident.Status.RESOLVED
-        ).get(), "joined"
+        return Incident.objects.select_for_update().filter(
+            cluster=cluster, group_hash=incident.group_hash
+        ).exclude(status=Incident.Status.RESOLVED).get(), "joined"
     TimelineEvent.objects.create(
         incident=incident,
         at=now,
@@ -306,7 +320,8 @@ def _create_instances(
     new: list[AlertmanagerAlert],
     now: datetime,
     events: list,
-) -> None:
+) -> dict:
+    """Insert the new instances; return the incident's counter and severity changes."""
     key_hash = group_hash(notification.groupKey)
     rows = [
         Alert(
@@ -326,8 +341,7 @@ def _create_instances(
         )
         for a in new
     ]
-    # A concurrent delivery may have inserted the same instance: skip it rather than fail.
-    Alert.objects.bulk_create(rows, ignore_conflicts=True)
+    Alert.objects.bulk_create(rows)
     for row in rows:
         kind = (
             TimelineEvent.Kind.ALERT_FIRING
@@ -340,7 +354,7 @@ def _create_instances(
     if worst > incident.severity_rank:
         severest = max(new, key=lambda a: severity_rank(a.labels.get("severity", "")))
         updates.update(severity=severest.labels["severity"][:30], severity_rank=worst)
-    Incident.objects.filter(pk=incident.pk).update(**updates)
+    return updates
 
 
 def _alert_event(incident_id: int, alert: Alert, kind: str, now: datetime) -> TimelineEvent:
@@ -365,8 +379,8 @@ def _alert_event(incident_id: int, alert: Alert, kind: str, now: datetime) -> Ti
     )
 
 
-def _roll_up(incident_ids: set[int], now: datetime) -> None:
-    """Refresh firing counts; auto-resolve incidents whose alerts have all resolved."""
+def _roll_up(incident_ids: set[int], bumps: dict[int, dict], now: datetime) -> None:
+    """One update per incident: counters, severity; auto-resolve when no alert is firing."""
     if not incident_ids:
         return
     firing = dict(
@@ -376,7 +390,7 @@ def _roll_up(incident_ids: set[int], now: datetime) -> None:
     )
     for incident_id in incident_ids:
         Incident.objects.filter(pk=incident_id).update(
-            firing_count=firing.get(incident_id, 0), updated_at=now
+            firing_count=firing.get(incident_id, 0), updated_at=now, **bumps.get(incident_id, {})
         )
     if not settings.VIGIL_AUTO_RESOLVE:
         return
@@ -402,8 +416,8 @@ def _roll_up(incident_ids: set[int], now: datetime) -> None:
         )
 
 
-def _request_collection(incident_id: int, now: datetime) -> None:
+def _collect_evidence_task():
+    """Imported late: collectors depend on incidents, not the other way round."""
     from collectors.tasks import collect_evidence
 
-    Incident.objects.filter(pk=incident_id).update(collection_requested_at=now)
-    publish_on_commit(collect_evidence, incident_id)
+    return collect_evidence

@@ -23,7 +23,11 @@ def collect_evidence(incident_id: int) -> str:
         collection_started_at=now
     )
     if not claimed:
-        return "already claimed"
+        return (
+            "already claimed"
+            if Incident.objects.filter(pk=incident_id).exists()
+            else "no such incident"
+        )
     incident = Incident.objects.get(pk=incident_id)
     names = [collector.NAME for collector in COLLECTORS]
     TimelineEvent.objects.create(

@@ -16,6 +16,29 @@ ROLES = ("viewer", "responder", "approver")
 VIEW = "incidents.view_incident"
 RESPOND = "incidents.respond_incident"
 APPROVE = "incidents.approve_action"
+ROLE_PERMISSIONS = {
+    "viewer": ["view_incident"],
+    "responder": ["view_incident", "respond_incident"],
+    "approver": ["view_incident", "respond_incident", "approve_action"],
+}
+
+
+def ensure_roles(**kwargs: Any) -> None:
+    """Create the role groups if missing (after migrate, and after a test database flush).
+
+    The data migration creates them on a new database; this post_migrate handler restores them
+    when a flush (transactional tests, `manage.py flush`) has emptied the auth tables.
+    """
+    from django.contrib.auth.models import Group, Permission
+
+    for role, codenames in ROLE_PERMISSIONS.items():
+        group, created = Group.objects.get_or_create(name=role)
+        if created:
+            group.permissions.set(
+                Permission.objects.filter(
+                    content_type__app_label="incidents", codename__in=codenames
+                )
+            )
 
 
 def _has(user: Any, perm: str) -> bool:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import free_port, require_binary, wait_for
+from tests.e2e.alertmanager_server import AlertmanagerServer
+from tests.support import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,39 +120,16 @@ def test_alertmanager_config_is_accepted_and_targets_the_hook(compose, tmp_path)
     mounted = compose["services"]["alertmanager"]["volumes"]
     assert "tokens:/tokens:ro" in mounted
 
-    # Start the real binary on this config (token file path rewritten) and see it load.
+    # Load this very config (token file path rewritten) into the real binary.
     (tmp_path / "token").write_text("vgi_example")
     text = (
         (ROOT / "deploy/alertmanager.yml")
         .read_text()
         .replace("/tokens/alertmanager", str(tmp_path / "token"))
     )
-    (tmp_path / "am.yml").write_text(text)
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'am.yml'}",
-            f"--storage.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    server = AlertmanagerServer(binary, tmp_path, text)
+    server.start()
     try:
-        import requests
-
-        def ready():
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/api/v2/status", timeout=1).ok
-            except requests.ConnectionError:
-                return process.poll() is not None
-
-        wait_for(ready, timeout=20, message="alertmanager to load the compose config")
-        assert process.poll() is None, process.stdout.read().decode()
-        status = requests.get(f"http://127.0.0.1:{port}/api/v2/status", timeout=2).json()
-        assert "web:8000/hooks/alertmanager" in status["config"]["original"]
+        assert "web:8000/hooks/alertmanager" in server.status()["config"]["original"]
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        server.stop()

@@ -92,7 +92,6 @@ def _ingest_stored(delivery: WebhookDelivery) -> JsonResponse:
     except DatabaseError:
         # Stored but not ingested: the beat sweep will process it. Alertmanager need not retry.
         logger.exception("ingest of delivery %s deferred to the sweep", delivery.pk)
-        _close_broken_connection()
         return JsonResponse(
             {"status": "stored", "delivery": delivery.pk, "detail": "processing deferred"},
             status=202,
@@ -123,13 +122,6 @@ def _mark_failed(delivery: WebhookDelivery, exc: Exception) -> None:
         )
     except DatabaseError:
         logger.exception("could not mark delivery %s failed", delivery.pk)
-
-
-def _close_broken_connection() -> None:
-    try:
-        connection.close_if_unusable_or_obsolete()
-    except DatabaseError:
-        pass
 
 
 @require_GET

@@ -239,3 +239,47 @@ def test_severity_escalates_when_a_critical_alert_joins(client, am_token):
 
 def test_get_is_not_allowed(client, am_token):
     assert client.get("/hooks/alertmanager").status_code == 405
+
+
+def test_database_down_before_storing_is_503_so_alertmanager_retries(client, am_token, monkeypatch):
+    from django.db import OperationalError
+
+    def down(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(WebhookDelivery.objects, "create", down)
+    response = post(client, group(firing()), am_token)
+    assert response.status_code == 503
+    assert response["Retry-After"]
+
+
+def test_database_down_while_authenticating_is_503(client, am_token, monkeypatch):
+    from django.db import OperationalError
+
+    def down(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr("incidents.hooks.find_by_secret", down)
+    assert post(client, group(firing()), am_token).status_code == 503
+
+
+def test_database_trouble_after_storing_leaves_the_delivery_for_the_sweep(client, am_token, monkeypatch):
+    from django.db import OperationalError
+
+    from incidents.tasks import process_pending_deliveries
+
+    def flaky(**kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr("incidents.ingest.ingest_notification", flaky)
+    response = post(client, group(firing()), am_token)
+    assert response.status_code == 202
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.status == "received"
+
+    monkeypatch.undo()
+    WebhookDelivery.objects.update(received_at=delivery.received_at.replace(year=2000))
+    assert process_pending_deliveries() == 1
+    delivery.refresh_from_db()
+    assert delivery.status == "processed"
+    assert Incident.objects.get().alert_count == 1

@@ -46,3 +46,35 @@ class Evidence(models.Model):
             "namespace": self.entity_namespace or None,
             "name": self.entity_name,
         }
+
+
+class DeployEvent(models.Model):
+    """A change CI/CD reported (`POST /api/v1/deploys`): evidence for bad-deploy hypotheses."""
+
+    cluster = models.ForeignKey(
+        "incidents.Cluster", on_delete=models.PROTECT, related_name="deploys"
+    )
+    integration = models.ForeignKey(
+        "incidents.Integration", on_delete=models.SET_NULL, null=True, related_name="deploys"
+    )
+    service = models.CharField(max_length=253, help_text="The Deployment or StatefulSet name.")
+    namespace = models.CharField(max_length=253, blank=True)
+    version = models.CharField(max_length=500)
+    previous_version = models.CharField(max_length=500, blank=True)
+    model = models.CharField(max_length=500, blank=True)
+    at = models.DateTimeField(default=timezone.now)
+    author = models.CharField(max_length=200, blank=True)
+    description = models.TextField(blank=True)
+    url = models.URLField(max_length=2000, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["cluster", "namespace", "service", "-at"], name="deploy_service_at"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.service} {self.version}"

@@ -1,50 +1,24 @@
-"""The JSON API (`/api/v1/`, OpenAPI at `/api/v1/schema`): session or `Authorization: Token <key>`."""
+"""Incident endpoints of the JSON API (mounted by vigil/api.py): session or user token auth."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlencode
 
 from django.db.models import Exists, OuterRef, QuerySet, TextField
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 from django.http import HttpRequest
-from ninja import Field, NinjaAPI, Query, Schema
+from ninja import Field, Query, Router, Schema
 from ninja.errors import HttpError
-from ninja.security import APIKeyHeader, django_auth
 
 from collectors.models import Evidence
 
 from . import permissions
-from .models import Alert, ApiToken, Incident
-from .tokens import bearer_from_header, find_by_secret, touch_last_used
+from .models import Alert, Incident
 
-
-class UserTokenAuth(APIKeyHeader):
-    """`Authorization: Token <key>` of a user; integration tokens are not accepted here."""
-
-    param_name = "Authorization"
-
-    def authenticate(self, request: HttpRequest, key: str | None) -> Any:
-        secret = bearer_from_header(key or "", "Token")
-        token = find_by_secret(ApiToken.objects.select_related("user"), "key_hash", secret)
-        if token is None or not token.user.is_active:
-            return None
-        touch_last_used(token)
-        request.user = token.user
-        return token.user
-
-
-api = NinjaAPI(
-    title="Vigil API",
-    version="1",
-    description="Incidents, their alerts, evidence and analyses.",
-    auth=[UserTokenAuth(), django_auth],
-    openapi_url="/schema",
-    docs_url=None,  # the interactive docs load scripts from a CDN, which the CSP forbids
-    urls_namespace="api",
-)
+router = Router(tags=["incidents"])
 
 
 def _require_view(request: HttpRequest) -> None:
@@ -184,7 +158,7 @@ def _page_url(request: HttpRequest, page: int) -> str:
     )
 
 
-@api.get("/incidents", response=IncidentPage, tags=["incidents"])
+@router.get("/incidents", response=IncidentPage)
 def list_incidents(request: HttpRequest, filters: Query[IncidentFilters]) -> dict:
     """Incidents, newest first."""
     _require_view(request)
@@ -205,7 +179,7 @@ def list_incidents(request: HttpRequest, filters: Query[IncidentFilters]) -> dic
     }
 
 
-@api.get("/incidents/{incident_id}", response=IncidentDetail, tags=["incidents"])
+@router.get("/incidents/{incident_id}", response=IncidentDetail)
 def get_incident(request: HttpRequest, incident_id: int) -> Incident:
     """One incident with its alerts, evidence and analysis."""
     _require_view(request)

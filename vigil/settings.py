@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "incidents",
     "collectors",
     "assistant",
+    "replay",
 ]
 
 MIDDLEWARE = [

@@ -5,8 +5,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from incidents.api import api
 from incidents.hooks import alertmanager_hook, healthz
+from vigil.api import api
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="incident-list", permanent=False)),

@@ -15,23 +15,31 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
 .venv/bin/gunicorn vigil.wsgi --bind "$ADDR" --workers 2 --access-logfile - &
-pids+=($!)
+web=$!
+pids+=($web)
 .venv/bin/celery -A vigil worker --beat --loglevel INFO --concurrency 2 \
   --schedule var/celerybeat-schedule &
-pids+=($!)
+worker=$!
+pids+=($worker)
 
 for _ in $(seq 1 60); do
   curl -fsS "http://$ADDR/healthz" >/dev/null 2>&1 && break
   sleep 0.5
 done
 $PY manage.py send_demo_alerts --url "http://$ADDR/hooks/alertmanager"
+# Realistic incidents: each example scenario's world (Kubernetes stand-in, backfilled Prometheus
+# when installed) served for as long as `make run` runs.
+$PY manage.py replay scenarios/*.yaml --url "http://$ADDR" --keep > var/replay.log 2>&1 &
+pids+=($!)
 
 cat <<MSG
 
   Vigil is running: http://$ADDR/
   $credentials
   Alertmanager webhook: http://$ADDR/hooks/alertmanager (bearer token in var/demo-token)
+  Scenario replays (addresses of their Kubernetes and Prometheus): var/replay.log
   Stop with Ctrl-C.
 
 MSG
-wait -n "${pids[@]}"
+# Stop when web or worker stops; a failed replay only shows in var/replay.log.
+wait -n "$web" "$worker"

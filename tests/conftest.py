@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -99,13 +100,27 @@ def _worker_database_url(settings_dict: dict) -> str:
     return f"postgres://{user}{password}@{host}{port}/{settings_dict['NAME']}"
 
 
-@pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
-    """A real `celery worker` process on the test database and this run's own queue."""
+def _purge_test_queue() -> None:
+    from django.conf import settings
+
+    from vigil.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, tmp_path):
+    """A real `celery worker` process on the test database and this run's own queue.
+
+    One per test: a worker left running would act on tasks other tests publish, against rows
+    that test owns; and the queue is purged first, so no earlier test's task reaches it.
+    """
     from django.conf import settings
     from django.db import connection
 
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    _purge_test_queue()
+    log = tmp_path / "worker.log"
     env = {
         **os.environ,
         "DATABASE_URL": _worker_database_url(connection.settings_dict),
@@ -138,6 +153,7 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         wait_for(
@@ -149,11 +165,9 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
             pytest.fail(f"celery worker exited:\n{log.read_text()[-3000:]}")
         yield process, log
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        # Every test has awaited what it needed; a warm shutdown would take seconds per test.
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=15)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.django_db
 def send(client, body, token: str | None, scheme: str = "Bearer"):
     headers = {"Authorization": f"{scheme} {token}"} if token else {}
     data = body if isinstance(body, str) else json.dumps(body)
-    return client.post("/api/v1/deploys", data=data, content_type="application/json", headers=headers)
+    return client.post(
+        "/api/v1/deploys", data=data, content_type="application/json", headers=headers
+    )
 
 
 @pytest.fixture
@@ -23,15 +25,33 @@ def deploy_token(integration_token) -> str:
 
 
 def test_a_deploy_is_recorded_for_the_integrations_cluster(client, deploy_token):
-    body = {"service": "chat-api", "namespace": "llm", "version": "v0.6.4-r42", "previous_version": "v0.6.3",
-            "model": "llama-3.1-8b-chat@r42", "at": "2026-11-23T10:00:00Z", "author": "ci-bot",
-            "description": "tokenizer update", "url": "https://ci.example/run/42"}
+    body = {
+        "service": "chat-api",
+        "namespace": "llm",
+        "version": "v0.6.4-r42",
+        "previous_version": "v0.6.3",
+        "model": "llama-3.1-8b-chat@r42",
+        "at": "2026-11-23T10:00:00Z",
+        "author": "ci-bot",
+        "description": "tokenizer update",
+        "url": "https://ci.example/run/42",
+    }
     response = send(client, body, deploy_token)
     assert response.status_code == 201
     event = DeployEvent.objects.get()
-    assert response.json() == {"id": event.pk, "cluster": "default", "service": "chat-api", "namespace": "llm",
-                               "version": "v0.6.4-r42", "at": "2026-11-23T10:00:00Z"}
-    assert (event.previous_version, event.model, event.author) == ("v0.6.3", "llama-3.1-8b-chat@r42", "ci-bot")
+    assert response.json() == {
+        "id": event.pk,
+        "cluster": "default",
+        "service": "chat-api",
+        "namespace": "llm",
+        "version": "v0.6.4-r42",
+        "at": "2026-11-23T10:00:00Z",
+    }
+    assert (event.previous_version, event.model, event.author) == (
+        "v0.6.3",
+        "llama-3.1-8b-chat@r42",
+        "ci-bot",
+    )
     assert event.integration.name == "ci"
 
 
@@ -45,7 +65,11 @@ def test_at_defaults_to_now(client, deploy_token):
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"version": "1"}, "service"), ({"service": "s"}, "version"), ({"service": "s", "version": "1", "at": "soon"}, "at")],
+    [
+        ({"version": "1"}, "service"),
+        ({"service": "s"}, "version"),
+        ({"service": "s", "version": "1", "at": "soon"}, "at"),
+    ],
 )
 def test_invalid_bodies_are_refused_naming_the_field(client, deploy_token, body, field):
     response = send(client, body, deploy_token)

@@ -263,7 +263,9 @@ def test_database_down_while_authenticating_is_503(client, am_token, monkeypatch
     assert post(client, group(firing()), am_token).status_code == 503
 
 
-def test_database_trouble_after_storing_leaves_the_delivery_for_the_sweep(client, am_token, monkeypatch):
+def test_database_trouble_after_storing_leaves_the_delivery_for_the_sweep(
+    client, am_token, monkeypatch
+):
     from django.db import OperationalError
 
     from incidents.tasks import process_pending_deliveries

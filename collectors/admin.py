@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import DeployEvent, Evidence
+from .models import DeployEvent, Evidence, GpuSnapshot
 
 
 @admin.register(DeployEvent)
@@ -31,3 +31,12 @@ class EvidenceAdmin(admin.ModelAdmin):
     ]
     list_filter = ["collector", "status"]
     raw_id_fields = ["incident"]
+
+
+@admin.register(GpuSnapshot)
+class GpuSnapshotAdmin(admin.ModelAdmin):
+    list_display = ["node", "cluster", "taken_at", "gpu_count", "driver_version", "agent_version"]
+    list_filter = ["cluster"]
+    search_fields = ["node"]
+    raw_id_fields = ["integration"]
+    date_hierarchy = "taken_at"

@@ -1,18 +1,24 @@
-"""`POST /api/v1/deploys`: change events from CI/CD, with a `deploy` integration's bearer token."""
+"""Machine endpoints, each with its own integration kind's bearer token.
+
+`POST /api/v1/deploys`: change events from CI/CD (`deploy`); `POST /api/v1/gpu-snapshots`: what
+the NVML node agent read (`agent`).
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
 from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Field, Router, Schema, Status
 from ninja.security import HttpBearer
+from pydantic import StringConstraints, field_validator
 
 from incidents.hooks import authenticate_integration
 from incidents.models import Integration
 
-from .models import DeployEvent
+from .models import DeployEvent, GpuSnapshot
 
 
 class IntegrationBearer(HttpBearer):
@@ -81,3 +87,103 @@ def create_deploy(request: HttpRequest, body: DeployIn) -> Status:
             "at": event.at,
         },
     )
+
+
+# Bounds: a snapshot is one node's GPUs, so anything far past these is a bug or an attack.
+MAX_GPUS = 64
+MAX_XID_EVENTS = 256
+ShortText = Annotated[str, StringConstraints(max_length=64)]
+Message = Annotated[str, StringConstraints(max_length=500)]
+UINT64 = 2**64 - 1
+
+
+class XidEventIn(Schema):
+    code: int = Field(ge=0, le=100_000, description="Xid number (reference §3.1)")
+    at: datetime = Field(description="When the agent received the event (RFC 3339)")
+
+
+class GpuIn(Schema):
+    """One GPU as NVML reports it; `None` means the query is not supported on this GPU."""
+
+    index: int = Field(ge=0, le=255)
+    uuid: str | None = Field(None, max_length=96)
+    name: str | None = Field(None, max_length=200)
+    temperature_c: int | None = Field(None, ge=-100, le=300)
+    power_w: float | None = Field(None, ge=0, le=100_000)
+    power_limit_w: float | None = Field(None, ge=0, le=100_000)
+    utilization_pct: int | None = Field(None, ge=0, le=100)
+    memory_utilization_pct: int | None = Field(None, ge=0, le=100)
+    memory_used_bytes: int | None = Field(None, ge=0, le=UINT64)
+    memory_total_bytes: int | None = Field(None, ge=0, le=UINT64)
+    clocks_event_reasons: list[ShortText] | None = Field(
+        None, max_length=32, description="Decoded names: SwPowerCap, HwSlowdown, …"
+    )
+    clocks_event_reasons_mask: int | None = Field(None, ge=0, le=UINT64)
+    ecc_volatile_double_bit: int | None = Field(None, ge=0, le=UINT64)
+    ecc_volatile_single_bit: int | None = Field(None, ge=0, le=UINT64)
+    retired_pages_single_bit: int | None = Field(None, ge=0, le=UINT64)
+    retired_pages_double_bit: int | None = Field(None, ge=0, le=UINT64)
+    retired_pages_pending: bool | None = None
+    remapped_rows_correctable: int | None = Field(None, ge=0, le=UINT64)
+    remapped_rows_uncorrectable: int | None = Field(None, ge=0, le=UINT64)
+    remapped_rows_pending: bool | None = None
+    remapped_rows_failure: bool | None = None
+    xid_events: list[XidEventIn] | None = Field(
+        None, max_length=MAX_XID_EVENTS, description="None: this GPU cannot report Xid events"
+    )
+    errors: dict[ShortText, Message] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Queries that failed for a reason other than 'not supported' (e.g. GPU is lost)",
+    )
+
+
+class GpuSnapshotIn(Schema):
+    node: str = Field(min_length=1, max_length=253, description="Kubernetes Node name")
+    taken_at: datetime | None = Field(None, description="RFC 3339; default now")
+    gpus: list[GpuIn] = Field(max_length=MAX_GPUS)
+    driver_version: str | None = Field(None, max_length=80)
+    cuda_version: str | None = Field(None, max_length=20)
+    agent_version: str | None = Field(None, max_length=40)
+
+    @field_validator("gpus")
+    @classmethod
+    def _indexes_are_unique(cls, gpus: list[GpuIn]) -> list[GpuIn]:
+        """Two entries for one index would make 'GPU 3 is hot' ambiguous."""
+        seen: set[int] = set()
+        for gpu in gpus:
+            if gpu.index in seen:
+                raise ValueError(f"duplicate GPU index {gpu.index}")
+            seen.add(gpu.index)
+        return gpus
+
+
+class GpuSnapshotOut(Schema):
+    id: int
+    node: str
+    gpus: int
+
+
+@router.post(
+    "/gpu-snapshots",
+    response={201: GpuSnapshotOut},
+    auth=IntegrationBearer(Integration.Kind.AGENT),
+    tags=["gpu"],
+)
+def create_gpu_snapshot(request: HttpRequest, body: GpuSnapshotIn) -> Status:
+    """Keep a node's NVML reading so GPU hypotheses can cite Xids, ECC and throttling."""
+    integration: Integration = request.auth
+    taken_at = body.taken_at or timezone.now()
+    if timezone.is_naive(taken_at):
+        taken_at = timezone.make_aware(taken_at, UTC)
+    snapshot = GpuSnapshot.objects.create(
+        cluster=integration.cluster,
+        integration=integration,
+        node=body.node,
+        taken_at=taken_at,
+        gpus=[gpu.model_dump(mode="json") for gpu in body.gpus],
+        driver_version=body.driver_version or "",
+        cuda_version=body.cuda_version or "",
+        agent_version=body.agent_version or "",
+    )
+    return Status(201, {"id": snapshot.pk, "node": snapshot.node, "gpus": len(body.gpus)})

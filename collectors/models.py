@@ -78,3 +78,45 @@ class DeployEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.service} {self.version}"
+
+
+class GpuSnapshot(models.Model):
+    """What the NVML agent read on one node (`POST /api/v1/gpu-snapshots`).
+
+    Node-local facts DCGM may not export (Xid events as they happen, row-remap state, clock-event
+    reasons by name) for GPU hypotheses; `gpus` keeps the agent's per-GPU dicts as validated.
+    """
+
+    cluster = models.ForeignKey(
+        "incidents.Cluster", on_delete=models.PROTECT, related_name="gpu_snapshots"
+    )
+    integration = models.ForeignKey(
+        "incidents.Integration",
+        on_delete=models.SET_NULL,
+        null=True,
+        related_name="gpu_snapshots",
+    )
+    node = models.CharField(max_length=253, help_text="The Kubernetes Node name.")
+    taken_at = models.DateTimeField(help_text="When the agent read NVML.")
+    received_at = models.DateTimeField(default=timezone.now)
+    gpus = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="One dict per GPU: index, uuid, name, temperature_c, power_w, ECC, Xids…",
+    )
+    driver_version = models.CharField(max_length=80, blank=True)
+    cuda_version = models.CharField(max_length=20, blank=True)
+    agent_version = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["-taken_at", "-id"]
+        indexes = [
+            models.Index(fields=["cluster", "node", "-taken_at"], name="gpu_snapshot_node_taken")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.node} @ {self.taken_at:%Y-%m-%d %H:%M:%S} ({self.gpu_count} GPUs)"
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self.gpus or [])

@@ -118,6 +118,7 @@ def _escape_label_value(value: str) -> str:
 
 
 def _format_value(value: float) -> str:
+    value = float(value)  # callers may pass ints, which have no is_integer() before Python 3.12
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):

@@ -144,6 +144,14 @@ class CollectionContext:
     window: Window
     alerts: tuple[AlertFacts, ...]
     timeout: float  # seconds this collector may spend on any one request
+    # time.monotonic() by which the collector should stop starting requests and return what it
+    # has, before its soft time limit throws everything away; None means no deadline
+    deadline: float | None = None
+
+    def out_of_time(self) -> bool:
+        import time
+
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
 
 @dataclass

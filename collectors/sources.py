@@ -19,30 +19,41 @@ from .base import ClusterSources, CollectorError
 
 
 def kubernetes_api_client(cluster: ClusterSources, timeout: float) -> Any:
-    """An ApiClient for the cluster (kubeconfig content, path, or in-cluster), with no retries."""
+    """An ApiClient for the cluster (kubeconfig content, path, or in-cluster) making ONE attempt.
+
+    Retries are set on the Configuration before the client builds its connection pool: set later,
+    urllib3's default (3 retries, read timeouts included) would still apply, a slow API would
+    cost four timeouts, and a timeout would read as "Max retries exceeded".
+    """
     from kubernetes import client, config
 
     if not cluster.has_kubernetes:
         raise CollectorError(f"cluster {cluster.name} has no Kubernetes access configured")
+    configuration = client.Configuration()
+    context = cluster.kube_context or None
     try:
         if cluster.kubeconfig:
-            api = config.new_client_from_config_dict(
-                yaml.safe_load(cluster.kubeconfig), context=cluster.kube_context or None
+            config.load_kube_config_from_dict(
+                yaml.safe_load(cluster.kubeconfig),
+                context=context,
+                client_configuration=configuration,
+                persist_config=False,
             )
         elif cluster.kubeconfig_path:
-            api = config.new_client_from_config(
-                config_file=cluster.kubeconfig_path, context=cluster.kube_context or None
+            config.load_kube_config(
+                config_file=cluster.kubeconfig_path,
+                context=context,
+                client_configuration=configuration,
+                persist_config=False,
             )
         else:
-            configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
-            api = client.ApiClient(configuration)
     except (config.ConfigException, OSError, yaml.YAMLError, TypeError) as exc:
         raise CollectorError(
             f"cannot load the Kubernetes configuration of {cluster.name}: {exc}"
         ) from exc
-    api.configuration.retries = 0
-    return api
+    configuration.retries = False
+    return client.ApiClient(configuration)
 
 
 def kubernetes_error(exc: Exception, doing: str) -> CollectorError:
@@ -86,12 +97,35 @@ def prometheus_client(cluster: ClusterSources, timeout: float) -> Any:
 
 def http_error(exc: Exception, source: str, timeout: float) -> CollectorError:
     """Errors of requests-based clients (Prometheus, Loki)."""
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, requests.Timeout) or _timed_out(exc):
         return CollectorError(f"{source} timed out after {timeout:g}s", retryable=True)
     if isinstance(exc, requests.ConnectionError):
         return CollectorError(f"{source} unreachable: {_root(exc)}", retryable=True)
     text = str(exc)
     return CollectorError(f"{source} error: {text[:300]}")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """With retries off, urllib3 wraps a read timeout in a ConnectionError: look at the cause.
+
+    NewConnectionError subclasses ConnectTimeoutError but means "refused", so it is ruled out.
+    """
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, urllib3.exceptions.NewConnectionError):
+            return False
+        if isinstance(seen, urllib3.exceptions.TimeoutError | socket.timeout | TimeoutError):
+            return True
+        seen = (
+            getattr(seen, "reason", None)
+            if isinstance(seen, urllib3.exceptions.MaxRetryError)
+            else (
+                seen.__cause__
+                or seen.__context__
+                or (seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
+            )
+        )
+    return False
 
 
 def _status_message(body: Any) -> str:

@@ -44,6 +44,7 @@ SERVICE_LABELS = ("service", "app_kubernetes_io_name", "app", "deployment", "sta
 class IngestResult:
     incident_ids: set[int] = field(default_factory=set)
     opened: list[int] = field(default_factory=list)
+    joined: list[int] = field(default_factory=list)  # open incidents that new alerts joined
     alerts_created: int = 0
     alerts_updated: int = 0
 
@@ -114,6 +115,8 @@ def ingest_notification(
             new = [a for a in new if a.key not in stored]
         if how in ("opened", "reopened"):
             result.opened.append(incident.pk)
+        elif new and incident.status != Incident.Status.RESOLVED:
+            result.joined.append(incident.pk)
         if new:
             bumps[incident.pk] = _create_instances(
                 cluster, incident, notification, new, now, events
@@ -125,6 +128,8 @@ def ingest_notification(
     _roll_up(result.incident_ids, bumps, now)
     for incident_id in result.opened:
         publish_on_commit(_collect_evidence_task(), incident_id)
+    for incident_id in result.joined:
+        _request_recollection(incident_id)
     return result
 
 
@@ -421,3 +426,10 @@ def _collect_evidence_task():
     from collectors.tasks import collect_evidence
 
     return collect_evidence
+
+
+def _request_recollection(incident_id: int) -> None:
+    """New alerts joined: collect again, debounced so a storm triggers one round, not thousands."""
+    from collectors.tasks import request_collection
+
+    request_collection(incident_id, debounce=True)

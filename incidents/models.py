@@ -140,6 +140,9 @@ class Incident(models.Model):
     collection_requested_at = models.DateTimeField(null=True, blank=True)
     collection_started_at = models.DateTimeField(null=True, blank=True)
     collection_finished_at = models.DateTimeField(null=True, blank=True)
+    scope = models.JSONField(
+        default=dict, blank=True, help_text="Entities in scope (collectors.base.Scope)."
+    )
 
     class Meta:
         ordering = ["-opened_at", "-id"]
@@ -224,6 +227,7 @@ class TimelineEvent(models.Model):
         INCIDENT_RESOLVED = "incident_resolved"
         ALERT_FIRING = "alert_firing"
         ALERT_RESOLVED = "alert_resolved"
+        COLLECTION_REQUESTED = "collection_requested"
         COLLECTION_STARTED = "collection_started"
         COLLECTION_FINISHED = "collection_finished"
         NOTE = "note"

@@ -24,6 +24,7 @@ def sweep() -> dict[str, int]:
     """The backstop for failed publishes and crashed workers: nothing stored is left behind."""
     reset_broker_backoff()
     deliveries = process_pending_deliveries()
+    release_stuck_collections()
     collections = enqueue_missed_collections()
     if deliveries or collections:
         logger.info(
@@ -48,6 +49,16 @@ def process_pending_deliveries(limit: int = SWEEP_BATCH) -> int:
             pass  # marked rejected by process_delivery
         done += 1
     return done
+
+
+def release_stuck_collections() -> int:
+    """A round whose worker died mid-way never finishes: let the sweep start it again."""
+    stuck_before = timezone.now() - settings.VIGIL_STUCK_COLLECTION_AFTER
+    return (
+        Incident.objects.exclude(status=Incident.Status.RESOLVED)
+        .filter(collection_started_at__lt=stuck_before, collection_finished_at__isnull=True)
+        .update(collection_started_at=None)
+    )
 
 
 def enqueue_missed_collections(limit: int = SWEEP_BATCH) -> int:

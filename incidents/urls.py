@@ -7,6 +7,11 @@ urlpatterns = [
     path("incidents/<int:incident_id>/", views.incident_detail, name="incident-detail"),
     path("incidents/<int:incident_id>/timeline", views.incident_timeline, name="incident-timeline"),
     path(
+        "incidents/<int:incident_id>/refresh-evidence",
+        views.incident_refresh_evidence,
+        name="incident-refresh-evidence",
+    ),
+    path(
         "incidents/<int:incident_id>/<slug:action>",
         views.incident_action,
         name="incident-action",

@@ -10,9 +10,11 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from collectors.presentation import evidence_context
+
 from . import permissions
 from .api import filter_incidents
-from .models import Incident
+from .models import Incident, TimelineEvent
 from .services import ACTIONS, TransitionError, allowed_actions, incident_transition
 
 LIST_PAGE_SIZE = 50
@@ -80,11 +82,38 @@ def incident_detail(request: HttpRequest, incident_id: int) -> HttpResponse:
     incident = permissions.access_incident(request.user, incident_id)
     if request.htmx and request.GET.get("part") == "live":
         return render(request, "partials/incident_live.html", _live_context(incident))
+    if request.htmx and request.GET.get("part") == "evidence":
+        return render(request, "partials/evidence.html", evidence_context(incident))
     alerts = Paginator(incident.alerts.all(), ALERTS_PAGE_SIZE).get_page(
         request.GET.get("alerts_page")
     )
-    context = {"incident": incident, "alerts": alerts, **_live_context(incident)}
+    context = {
+        "incident": incident,
+        "alerts": alerts,
+        **_live_context(incident),
+        **evidence_context(incident),
+    }
     return render(request, "incidents/detail.html", context)
+
+
+@require_POST
+@login_required
+def incident_refresh_evidence(request: HttpRequest, incident_id: int) -> HttpResponse:
+    """ "Refresh evidence": collect again now (a round already running is followed by this one)."""
+    from collectors.tasks import request_collection
+
+    incident = permissions.access_incident(request.user, incident_id, respond=True)
+    TimelineEvent.objects.create(
+        incident=incident,
+        kind=TimelineEvent.Kind.COLLECTION_REQUESTED,
+        actor=request.user.get_username(),
+        summary=f"Evidence refresh requested by {request.user.get_username()}",
+    )
+    request_collection(incident.pk, debounce=False)
+    incident.refresh_from_db()
+    if request.htmx:
+        return render(request, "partials/evidence.html", evidence_context(incident))
+    return redirect(incident)
 
 
 def _live_context(incident: Incident, error: str = "") -> dict:

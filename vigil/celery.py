@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 _broker_down_until = 0.0
 
 
-def publish(task: Any, *args: Any) -> bool:
+def publish(task: Any, *args: Any, countdown: float = 0) -> bool:
     """Enqueue `task(*args)` now; False (and logged) when the broker is unavailable."""
     global _broker_down_until
     from django.conf import settings
@@ -33,7 +33,7 @@ def publish(task: Any, *args: Any) -> bool:
     if time.monotonic() < _broker_down_until:
         return False
     try:
-        task.apply_async(args=args, retry=False)
+        task.apply_async(args=args, countdown=countdown or None, retry=False)
     except Exception as exc:  # any broker or connection error: the sweep re-enqueues later
         _broker_down_until = time.monotonic() + settings.VIGIL_BROKER_BACKOFF_SECONDS
         logger.warning("publish of %s%r failed, left for the sweep: %s", task.name, args, exc)
@@ -41,11 +41,12 @@ def publish(task: Any, *args: Any) -> bool:
     return True
 
 
-def publish_on_commit(task: Any, *args: Any) -> None:
+def publish_on_commit(task: Any, *args: Any, countdown: float = 0) -> None:
     """Enqueue after the surrounding transaction commits, so the worker sees the rows."""
     from django.db import transaction
 
-    transaction.on_commit(lambda: publish(task, *args))
+    # robust: whatever goes wrong while publishing, the committed request still succeeds.
+    transaction.on_commit(lambda: publish(task, *args, countdown=countdown), robust=True)
 
 
 def reset_broker_backoff() -> None:

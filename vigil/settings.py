@@ -257,11 +257,28 @@ VIGIL_SWEEP_GRACE = timedelta(seconds=env_seconds("VIGIL_SWEEP_GRACE", 30))
 # After a failed publish, skip the broker for this long (the sweep catches up).
 VIGIL_BROKER_BACKOFF_SECONDS = env_seconds("VIGIL_BROKER_BACKOFF", 10)
 
+# Evidence collection.
+VIGIL_COLLECT_LOOKBACK = timedelta(seconds=env_seconds("VIGIL_COLLECT_LOOKBACK", 3600))
+VIGIL_COLLECTOR_SOFT_LIMIT = env_seconds("VIGIL_COLLECTOR_SOFT_LIMIT", 10)
+VIGIL_COLLECTOR_HARD_LIMIT = env_seconds("VIGIL_COLLECTOR_HARD_LIMIT", 15)
+VIGIL_COLLECT_REQUEST_TIMEOUT = env_seconds("VIGIL_COLLECT_REQUEST_TIMEOUT", 5)
+# New alerts joining an incident re-collect its evidence at most this often.
+VIGIL_COLLECT_DEBOUNCE = env_seconds("VIGIL_COLLECT_DEBOUNCE", 30)
+# A collection round not finished after this long is started again by the sweep.
+VIGIL_STUCK_COLLECTION_AFTER = timedelta(seconds=env_seconds("VIGIL_STUCK_COLLECTION_AFTER", 600))
+VIGIL_COLLECT_MAX_ALERTS = int(os.environ.get("VIGIL_COLLECT_MAX_ALERTS", "200"))
+VIGIL_EVIDENCE_MAX_BYTES = int(os.environ.get("VIGIL_EVIDENCE_MAX_BYTES", str(256 * 1024)))
+VIGIL_EVIDENCE_MAX_BYTES_PER_INCIDENT = int(
+    os.environ.get("VIGIL_EVIDENCE_MAX_BYTES_PER_INCIDENT", str(5 * 1024 * 1024))
+)
+VIGIL_EVIDENCE_MAX_ITEMS = int(os.environ.get("VIGIL_EVIDENCE_MAX_ITEMS", "100"))
+
 # The default cluster (more are added in the admin).
 VIGIL_CLUSTER_NAME = os.environ.get("VIGIL_CLUSTER_NAME", "default")
 VIGIL_PROMETHEUS_URL = os.environ.get("VIGIL_PROMETHEUS_URL", "")
 VIGIL_ALERTMANAGER_URL = os.environ.get("VIGIL_ALERTMANAGER_URL", "")
 VIGIL_LOKI_URL = os.environ.get("VIGIL_LOKI_URL", "")
+VIGIL_QUERY_PROFILES = os.environ.get("VIGIL_QUERY_PROFILES", "")  # extra query profiles (YAML)
 KUBECONFIG = os.environ.get("KUBECONFIG", "")
 
 LOGGING = {

@@ -40,8 +40,8 @@ def published(monkeypatch):
     calls = []
     real_publish = vigil_celery.publish
 
-    def spy(task, *args):
-        ok = real_publish(task, *args)
+    def spy(task, *args, countdown=0):
+        ok = real_publish(task, *args, countdown=countdown)
         calls.append((task.name, args, ok))
         return ok
 

@@ -183,7 +183,9 @@ def test_the_replayed_scenario_yields_the_evidence_a_human_expects(name, live_se
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_dead_prometheus_fails_its_collectors_and_the_others_still_complete(live_server, client_as):
+def test_a_dead_prometheus_fails_its_collectors_and_the_others_still_complete(
+    live_server, client_as
+):
     require_binary("prometheus")
     require_binary("promtool")
     with ReplayWorld(load_scenario(ROOT / "scenarios/04-oom-killed.yaml")) as world:
@@ -192,7 +194,9 @@ def test_a_dead_prometheus_fails_its_collectors_and_the_others_still_complete(li
         assert collect_now(incident_id) == "finished"
 
         failed = dict(
-            Evidence.objects.filter(incident_id=incident_id, status="failed").values_list("collector", "reason")
+            Evidence.objects.filter(incident_id=incident_id, status="failed").values_list(
+                "collector", "reason"
+            )
         )
         assert set(failed) == {"prometheus", "gpu"}
         assert all("unreachable" in reason for reason in failed.values())
@@ -200,4 +204,7 @@ def test_a_dead_prometheus_fails_its_collectors_and_the_others_still_complete(li
         finished = Incident.objects.get(pk=incident_id).timeline.get(kind="collection_finished")
         assert "failed: gpu" in finished.summary or "failed: prometheus" in finished.summary
         page = client_as("viewer").get(f"/incidents/{incident_id}/")
-        assert b'id="source-prometheus"' in page.content and b"failed: Prometheus unreachable" in page.content
+        assert (
+            b'id="source-prometheus"' in page.content
+            and b"failed: Prometheus unreachable" in page.content
+        )

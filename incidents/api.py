@@ -105,7 +105,10 @@ class IncidentDetail(IncidentSummary):
 
     @staticmethod
     def resolve_analysis(obj: Incident) -> dict | None:
-        return None  # the analysis issue adds it; null until analysis starts (DESIGN)
+        """The latest analysis; null until analysis starts (DESIGN)."""
+        from assistant.presentation import analysis_json
+
+        return analysis_json(obj)
 
 
 class IncidentPage(Schema):

@@ -230,6 +230,8 @@ class TimelineEvent(models.Model):
         COLLECTION_REQUESTED = "collection_requested"
         COLLECTION_STARTED = "collection_started"
         COLLECTION_FINISHED = "collection_finished"
+        ANALYSIS_READY = "analysis_ready"
+        ANALYSIS_FAILED = "analysis_failed"
         NOTE = "note"
 
     incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="timeline")

@@ -12,6 +12,9 @@ urlpatterns = [
         name="incident-refresh-evidence",
     ),
     path(
+        "incidents/<int:incident_id>/reanalyse", views.incident_reanalyse, name="incident-reanalyse"
+    ),
+    path(
         "incidents/<int:incident_id>/<slug:action>",
         views.incident_action,
         name="incident-action",

@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from assistant.presentation import analysis_context
 from collectors.presentation import evidence_context
 
 from . import permissions
@@ -84,6 +85,12 @@ def incident_detail(request: HttpRequest, incident_id: int) -> HttpResponse:
         return render(request, "partials/incident_live.html", _live_context(incident))
     if request.htmx and request.GET.get("part") == "evidence":
         return render(request, "partials/evidence.html", evidence_context(incident))
+    if request.htmx and request.GET.get("part") == "analysis":
+        return render(
+            request,
+            "partials/analysis.html",
+            {**evidence_context(incident), **analysis_context(incident)},
+        )
     alerts = Paginator(incident.alerts.all(), ALERTS_PAGE_SIZE).get_page(
         request.GET.get("alerts_page")
     )
@@ -92,8 +99,26 @@ def incident_detail(request: HttpRequest, incident_id: int) -> HttpResponse:
         "alerts": alerts,
         **_live_context(incident),
         **evidence_context(incident),
+        **analysis_context(incident),
     }
     return render(request, "incidents/detail.html", context)
+
+
+@require_POST
+@login_required
+def incident_reanalyse(request: HttpRequest, incident_id: int) -> HttpResponse:
+    """ "Re-analyse": run the rules again over the evidence as it is now."""
+    from assistant.engine import run_analysis
+
+    incident = permissions.access_incident(request.user, incident_id, respond=True)
+    run_analysis(incident.pk)
+    if request.htmx:
+        return render(
+            request,
+            "partials/analysis.html",
+            {**evidence_context(incident), **analysis_context(incident)},
+        )
+    return redirect(incident)
 
 
 @require_POST

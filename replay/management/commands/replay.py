@@ -2,19 +2,10 @@ import signal
 import threading
 
 from django.core.management.base import BaseCommand, CommandError
-from django.core.servers.basehttp import (
-    ThreadedWSGIServer,
-    WSGIRequestHandler,
-    get_internal_wsgi_application,
-)
 
 from replay.scenario import ScenarioError, load_scenario
+from replay.server import serve_in_process, server_url
 from replay.world import ReplayError, ReplayWorld
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 (the stdlib's name)
-        pass
 
 
 class Command(BaseCommand):
@@ -47,8 +38,8 @@ class Command(BaseCommand):
 
         server = None
         if not url:
-            server = self._serve(port)
-            url = f"http://127.0.0.1:{server.server_address[1]}"
+            server = serve_in_process(port)
+            url = server_url(server)
             self.stdout.write(f"Vigil serving on {url}/")
         worlds = []
         try:
@@ -79,12 +70,6 @@ class Command(BaseCommand):
         self.stdout.write(f"  deploys posted: {delivery.deploys}")
         for incident_id in delivery.incident_ids:
             self.stdout.write(f"  incident: {url.rstrip('/')}/incidents/{incident_id}/")
-
-    def _serve(self, port: int) -> ThreadedWSGIServer:
-        server = ThreadedWSGIServer(("127.0.0.1", port), _QuietHandler, allow_reuse_address=True)
-        server.set_app(get_internal_wsgi_application())
-        threading.Thread(target=server.serve_forever, name="vigil-replay-web", daemon=True).start()
-        return server
 
     def _wait_for_interrupt(self) -> None:
         stop = threading.Event()

@@ -1,0 +1,84 @@
+"""The rule contract: what a correlation rule reads and what it returns.
+
+A rule is a module of `assistant/rules/` with `CATEGORY` (from TAXONOMY.md) and
+`evaluate(facts: Facts) -> list[Candidate]`. It only reads: the Facts hold the incident's alerts,
+scope and Evidence rows (with their ids, so every claim can cite them). Ranking across rules,
+the `unknown` fallback and storing the Analysis are the engine's job (assistant/engine.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from collectors.base import Entity, Scope
+
+
+@dataclass(frozen=True)
+class EvidenceItem:
+    """One stored Evidence row, as the rules see it."""
+
+    id: int
+    collector: str
+    kind: str
+    status: str
+    title: str
+    entity: Entity | None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AlertItem:
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: datetime
+    ends_at: datetime | None
+    status: str
+
+
+@dataclass
+class Facts:
+    """Everything a rule may know about one incident, and helpers to query it."""
+
+    incident_id: int
+    opened_at: datetime
+    alerts: list[AlertItem]
+    scope: Scope
+    evidence: list[EvidenceItem]
+
+    def of_kind(self, kind: str) -> list[EvidenceItem]:
+        return [e for e in self.evidence if e.kind == kind and e.status == "ok"]
+
+    @property
+    def first_alert_at(self) -> datetime:
+        """When the symptom began: the earliest start among the incident's firing alerts."""
+        firing = [a.starts_at for a in self.alerts if a.status == "firing"] or [
+            a.starts_at for a in self.alerts
+        ]
+        return min(firing) if firing else self.opened_at
+
+    def alert_namespaces(self) -> set[str]:
+        return {a.labels["namespace"] for a in self.alerts if a.labels.get("namespace")}
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A remediation from the catalogue (TAXONOMY.md actions) with a concrete target."""
+
+    action: str
+    target: Entity | None
+    params: dict[str, Any] = field(default_factory=dict)
+    rationale: str = ""
+
+
+@dataclass
+class Candidate:
+    """A root-cause hypothesis a rule supports, with the evidence it rests on."""
+
+    category: str
+    entity: Entity
+    confidence: float  # 0..1, before ranking; rules calibrate against each other
+    evidence_ids: list[int]
+    explanation: str  # one paragraph, plain words, naming the entity and the times
+    proposals: list[Proposal] = field(default_factory=list)

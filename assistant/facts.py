@@ -1,0 +1,43 @@
+"""Facts for the rules, read from the database in a few queries."""
+
+from __future__ import annotations
+
+from collectors.base import Entity, Scope
+from collectors.models import Evidence
+from incidents.models import Incident
+
+from .base import AlertItem, EvidenceItem, Facts
+
+
+def facts_for(incident: Incident) -> Facts:
+    alerts = [
+        AlertItem(
+            labels=a.labels,
+            annotations=a.annotations,
+            starts_at=a.starts_at,
+            ends_at=a.ends_at,
+            status=a.status,
+        )
+        for a in incident.alerts.order_by("starts_at")
+    ]
+    evidence = [
+        EvidenceItem(
+            id=row.pk,
+            collector=row.collector,
+            kind=row.kind,
+            status=row.status,
+            title=row.title,
+            entity=Entity(row.entity_kind, row.entity_namespace or None, row.entity_name)
+            if row.entity_kind
+            else None,
+            data=row.data,
+        )
+        for row in Evidence.objects.filter(incident=incident).order_by("id")
+    ]
+    return Facts(
+        incident_id=incident.pk,
+        opened_at=incident.opened_at,
+        alerts=alerts,
+        scope=Scope.from_json(incident.scope),
+        evidence=evidence,
+    )

@@ -1,0 +1,45 @@
+"""The latest analysis, shaped for the API (DESIGN.md) and the incident page."""
+
+from __future__ import annotations
+
+from incidents.models import Incident
+
+from .models import ActionProposal, Analysis
+
+
+def latest_analysis(incident: Incident) -> Analysis | None:
+    return Analysis.objects.filter(incident=incident).first()
+
+
+def action_json(action: ActionProposal) -> dict:
+    return {
+        "id": action.pk,
+        "action": action.action,
+        "target": action.target,
+        "params": action.params,
+        "status": action.status,
+        "rationale": action.rationale,
+    }
+
+
+def analysis_json(incident: Incident) -> dict | None:
+    analysis = latest_analysis(incident)
+    if analysis is None:
+        return None
+    return {
+        "id": analysis.pk,
+        "status": analysis.status,
+        "source": analysis.source,
+        "summary": analysis.summary,
+        "hypotheses": analysis.hypotheses,
+        "actions": [action_json(a) for a in analysis.actions.all()],
+    }
+
+
+def analysis_context(incident: Incident) -> dict:
+    analysis = latest_analysis(incident)
+    return {
+        "analysis": analysis,
+        "proposals": list(analysis.actions.all()) if analysis else [],
+        "llm_configured": False,  # the LLM issue adds the narrative; until then the page says so
+    }

@@ -1,0 +1,129 @@
+"""From collected evidence to a stored Analysis: API shape, page, re-analyse, after collection."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from assistant import engine
+from assistant.base import Candidate, Proposal
+from assistant.models import Analysis
+from collectors.base import Entity
+from collectors.models import Evidence
+from incidents.models import Incident
+from tests.incidents.payloads import firing, group, post
+
+pytestmark = pytest.mark.django_db
+POD = Entity("Pod", "llm", "p-1")
+DEPLOY = Entity("Deployment", "llm", "chat-api")
+
+
+@pytest.fixture
+def incident(client, am_token) -> Incident:
+    post(client, group(firing("A", pod="p-1")), am_token)
+    incident = Incident.objects.get()
+    Evidence.objects.create(
+        incident=incident,
+        collector="kubernetes",
+        kind="pod_status",
+        title="pod p-1",
+        entity_kind="Pod",
+        entity_namespace="llm",
+        entity_name="p-1",
+        data={"phase": "Running"},
+    )
+    return incident
+
+
+@pytest.fixture
+def oom_rule(monkeypatch):
+    def evaluate(facts):
+        (ev,) = facts.of_kind("pod_status")
+        return [
+            Candidate(
+                "oom-killed",
+                DEPLOY,
+                0.9,
+                [ev.id],
+                "p-1 was OOMKilled (exit 137) at 10:02.",
+                [
+                    Proposal(
+                        "patch-resources",
+                        DEPLOY,
+                        {"container": "app", "limits": {"memory": "6Gi"}},
+                        "raise the limit",
+                    ),
+                ],
+            )
+        ]
+
+    monkeypatch.setattr(
+        engine, "rule_modules", lambda: [types.SimpleNamespace(__name__="r", evaluate=evaluate)]
+    )
+
+
+def test_the_analysis_is_stored_with_ranked_proposals_and_on_the_timeline(incident, oom_rule):
+    analysis = engine.run_analysis(incident.pk)
+    assert (analysis.status, analysis.source) == ("ready", "rules")
+    (hypothesis,) = analysis.hypotheses
+    assert hypothesis["entity"] == {"kind": "Deployment", "namespace": "llm", "name": "chat-api"}
+    assert hypothesis["evidence"] == [Evidence.objects.get().pk]
+    (action,) = analysis.actions.all()
+    assert (action.action, action.target, action.rank) == ("patch-resources", DEPLOY.as_dict(), 0)
+    assert incident.timeline.filter(kind="analysis_ready").exists()
+
+
+def test_the_api_returns_the_latest_analysis_in_the_documented_shape(client_as, incident, oom_rule):
+    engine.run_analysis(incident.pk)
+    body = client_as("viewer").get(f"/api/v1/incidents/{incident.pk}").json()
+    analysis = body["analysis"]
+    assert set(analysis) == {"id", "status", "source", "summary", "hypotheses", "actions"}
+    assert analysis["hypotheses"][0]["category"] == "oom-killed"
+    (action,) = analysis["actions"]
+    assert set(action) == {"id", "action", "target", "params", "status", "rationale"}
+    assert action["status"] == "proposed"
+    cited = analysis["hypotheses"][0]["evidence"]
+    assert {e["id"] for e in body["evidence"]} >= set(cited)
+
+
+def test_the_page_shows_the_draft_and_links_citations_to_evidence_panels(
+    client_as, incident, oom_rule
+):
+    engine.run_analysis(incident.pk)
+    page = client_as("viewer").get(f"/incidents/{incident.pk}/").content.decode()
+    assert "Rule-based analysis" in page and "oom-killed" in page
+    assert f'href="#evidence-{Evidence.objects.get().pk}"' in page
+    assert "patch-resources" in page and "recommended" in page
+    assert 'data-action="reanalyse"' not in page  # viewers cannot re-run it
+
+
+def test_reanalyse_is_for_responders_and_makes_a_new_analysis(client_as, incident, oom_rule):
+    assert client_as("viewer").post(f"/incidents/{incident.pk}/reanalyse").status_code == 403
+    response = client_as("responder").post(
+        f"/incidents/{incident.pk}/reanalyse", headers={"HX-Request": "true"}
+    )
+    assert response.status_code == 200 and b'id="analysis"' in response.content
+    assert Analysis.objects.filter(incident=incident, status="ready").count() == 1
+
+
+def test_a_finished_collection_round_enqueues_the_analysis(incident, monkeypatch):
+    from assistant import tasks
+    from collectors.signals import collection_finished
+
+    published = []
+    monkeypatch.setattr(
+        tasks, "publish_on_commit", lambda task, *a, **k: published.append((task.name, a))
+    )
+    collection_finished.send(sender=Incident, incident_id=incident.pk)
+    assert published == [("assistant.tasks.analyse_incident", (incident.pk,))]
+
+
+def test_a_failing_analysis_is_recorded_not_raised(incident, monkeypatch):
+    def broken(incident):
+        raise RuntimeError("facts unreadable")
+
+    monkeypatch.setattr(engine, "facts_for", broken)
+    analysis = engine.run_analysis(incident.pk)
+    assert analysis.status == "failed" and "facts unreadable" in analysis.error
+    assert incident.timeline.filter(kind="analysis_failed").exists()

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from agent.vigil_gpu_agent import CLOCK_EVENT_REASONS
+
 from .base import CollectionContext, CollectorError, Entity, EvidenceDraft, Scope
 from .models import GpuSnapshot
 from .profiles import quote, regex_literal
@@ -62,18 +64,7 @@ DCGM_FIELDS = {
 NODE_LABELS = ("Hostname", "node", "kubernetes_node")
 TELEMETRY_FIELDS = ("temperature", "power", "utilization", "fb_used", "fb_free", "sm_clock")
 
-# DCGM_CLOCKS_EVENT_REASON_* bits, named as NVML names them (what the NVML agent sends).
-CLOCK_EVENT_REASONS = (
-    (0x1, "GpuIdle"),
-    (0x2, "ApplicationsClocksSetting"),
-    (0x4, "SwPowerCap"),
-    (0x8, "HwSlowdown"),
-    (0x10, "SyncBoost"),
-    (0x20, "SwThermalSlowdown"),
-    (0x40, "HwThermalSlowdown"),
-    (0x80, "HwPowerBrakeSlowdown"),
-    (0x100, "DisplayClockSetting"),
-)
+# DCGM's clock-event bits are NVML's: one table, named as the NVML agent sends them.
 # Reasons that mean trouble (DCGM diagnostics count 0xE8 as failures). SwPowerCap is a busy
 # GPU at its power limit and GpuIdle an idle one: reported, never flagged.
 REASON_FLAGS = {

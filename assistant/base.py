@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from collectors.base import Entity, Scope
+from collectors.base import AlertFacts, Entity, Scope
 
 
 @dataclass(frozen=True)
@@ -28,13 +28,8 @@ class EvidenceItem:
     data: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class AlertItem:
-    labels: dict[str, str]
-    annotations: dict[str, str]
-    starts_at: datetime
-    ends_at: datetime | None
-    status: str
+# The rules see alerts exactly as the collectors do.
+AlertItem = AlertFacts
 
 
 @dataclass

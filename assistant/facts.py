@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from collectors.base import Entity, Scope
 from collectors.models import Evidence
+from collectors.runner import incident_alert_facts
 from incidents.models import Incident
 
-from .base import AlertItem, EvidenceItem, Facts
+from .base import EvidenceItem, Facts
 
 
 def facts_for(incident: Incident) -> Facts:
-    alerts = [
-        AlertItem(
-            labels=a.labels,
-            annotations=a.annotations,
-            starts_at=a.starts_at,
-            ends_at=a.ends_at,
-            status=a.status,
-        )
-        for a in incident.alerts.order_by("starts_at")
-    ]
+    alerts = list(incident_alert_facts(incident))
     evidence = [
         EvidenceItem(
             id=row.pk,

@@ -133,7 +133,7 @@ class AlertFacts:
     starts_at: datetime
     ends_at: datetime | None
     status: str
-    generator_url: str
+    generator_url: str = ""
 
 
 @dataclass(frozen=True)

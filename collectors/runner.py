@@ -38,10 +38,10 @@ logger = logging.getLogger(__name__)
 TRUNCATION_NOTE = "truncated: the evidence was larger than VIGIL_EVIDENCE_MAX_BYTES"
 
 
-def build_context(incident: Incident) -> CollectionContext:
-    """What every collector of this incident sees: its cluster, scope, window and alerts."""
-    cluster = incident.cluster
-    alerts = tuple(
+def incident_alert_facts(incident: Incident, limit: int | None = None) -> tuple[AlertFacts, ...]:
+    """The incident's alerts, oldest first, as collectors and rules see them."""
+    rows = incident.alerts.order_by("starts_at")
+    return tuple(
         AlertFacts(
             labels=a.labels,
             annotations=a.annotations,
@@ -50,8 +50,14 @@ def build_context(incident: Incident) -> CollectionContext:
             status=a.status,
             generator_url=a.generator_url,
         )
-        for a in incident.alerts.order_by("starts_at")[: settings.VIGIL_COLLECT_MAX_ALERTS]
+        for a in (rows[:limit] if limit else rows)
     )
+
+
+def build_context(incident: Incident) -> CollectionContext:
+    """What every collector of this incident sees: its cluster, scope, window and alerts."""
+    cluster = incident.cluster
+    alerts = incident_alert_facts(incident, limit=settings.VIGIL_COLLECT_MAX_ALERTS)
     first_alert_at = alerts[0].starts_at if alerts else incident.opened_at
     now = timezone.now()
     window = Window(

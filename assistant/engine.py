@@ -53,13 +53,7 @@ class Draft:
 
 
 def rule_modules() -> list:
-    modules = []
-    for name in RULES:
-        try:
-            modules.append(import_module(f"assistant.rules.{name}"))
-        except ModuleNotFoundError:
-            logger.warning("rule module assistant.rules.%s is missing", name)
-    return modules
+    return [import_module(f"assistant.rules.{name}") for name in RULES]
 
 
 def analyse(facts: Facts) -> Draft:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
+from tests.support import require_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -59,3 +61,27 @@ def test_fail_under_exits_with_an_error_when_accuracy_is_below(tmp_path):
     broken.write_text("name: x\n")
     with pytest.raises(CommandError, match="below --fail-under 0.5"):
         call_command("evaluate", str(broken), "--fail-under", "0.5", stdout=StringIO())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_shipped_scenarios_meet_the_accuracy_target(tmp_path):
+    """The issue's bar: top-1 and action match at least 90% with no LLM, on every shipped scenario."""
+    require_binary("prometheus")
+    require_binary("promtool")
+    out = tmp_path / "eval.json"
+    stdout = StringIO()
+    try:
+        call_command(
+            "evaluate",
+            str(ROOT / "scenarios"),
+            "--json",
+            str(out),
+            "--fail-under",
+            "0.9",
+            stdout=stdout,
+        )
+    except CommandError as exc:
+        pytest.fail(f"{exc}\n{stdout.getvalue()}")
+    report = json.loads(out.read_text())
+    assert report["totals"]["scenarios"] >= 13
+    assert all(not s["error"] for s in report["scenarios"]), stdout.getvalue()

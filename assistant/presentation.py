@@ -37,9 +37,13 @@ def analysis_json(incident: Incident) -> dict | None:
 
 
 def analysis_context(incident: Incident) -> dict:
+    from .facts import facts_for
+    from .timeline import build_timeline
+
     analysis = latest_analysis(incident)
     return {
         "analysis": analysis,
+        "story": build_timeline(facts_for(incident)) if analysis else [],
         "proposals": list(analysis.actions.all()) if analysis else [],
         "llm_configured": False,  # the LLM issue adds the narrative; until then the page says so
     }

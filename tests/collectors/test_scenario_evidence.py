@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from assistant.engine import run_analysis
 from collectors.models import Evidence
 from collectors.registry import COLLECTORS
 from collectors.tasks import collect_now
@@ -134,6 +135,103 @@ def unknown(i):
     assert rows(i, "pod_status", "chat-lite")
 
 
+def env_flag_deploy(i):
+    (history,) = rows(i, "rollout_history", "answer-api")
+    revisions = {rs["revision"]: rs for rs in history.data["replicaSets"]}
+    assert {n: rs["createdInWindow"] for n, rs in revisions.items()} == {15: True, 14: False}
+    assert revisions[15]["images"] == revisions[14]["images"]  # only the env changed
+    assert "KeyError" in text(rows(i, "log_signatures", "answer-api-77c5dbf9b8"))
+    assert stepped_up(i, "AnswerAPIHigh5xxRate")
+
+
+def ecc_row_remap(i):
+    node = "gke-mlprod-a100-8e2c4f1a-kq7d"
+    (health,) = rows(i, "gpu_health", node)
+    flagged = {g["gpu"]: g for g in health.data["gpus"] if g["flags"]}
+    assert set(flagged) == {"5"}
+    assert {"ecc-dbe", "row-remap-failure"} <= set(flagged["5"]["flags"])
+    assert flagged["5"]["ecc_dbe"] == 2
+    # the warm, power-capped GPU and the old single-bit errors elsewhere are not flagged
+    assert not [
+        g
+        for r in rows(i, "gpu_health")
+        if r.entity_name != node
+        for g in r.data["gpus"]
+        if g["flags"]
+    ]
+    logs = rows(i, "log_signatures", "mt-gemma-6d8f4b7c95-pl4rx")
+    assert "uncorrectable ECC error" in text(logs)
+
+
+def python_api_oom(i):
+    statuses = rows(i, "pod_status", "quote-engine")
+    exits = {
+        (c["lastState"]["terminated"]["reason"], c["lastState"]["terminated"]["exitCode"])
+        for r in statuses
+        for c in r.data["containers"]
+        if c["lastState"].get("terminated")
+    }
+    assert exits == {("OOMKilled", 137)}
+    restarts = {r.entity_name: r.data["containers"][0]["restartCount"] for r in statuses}
+    assert restarts == {
+        "quote-engine-7f6d8b9c54-9kzqd": 3,
+        "quote-engine-7f6d8b9c54-tx7pl": 1,
+        "quote-engine-7f6d8b9c54-c2vbn": 0,
+    }
+    (of_limit,) = [
+        r for r in rows(i, "metric") if r.title.startswith("Container memory working set / limit")
+    ]
+    assert max(s["summary"]["max"] for s in of_limit.data["series"]) > 0.99
+
+
+def disk_pressure(i):
+    (node,) = rows(i, "node_status", "k8s-worker-r3-14")
+    conditions = {c["type"]: c["status"] for c in node.data["conditions"]}
+    assert conditions["DiskPressure"] == "True" and node.data["ready"] == "True"
+    assert any(t["key"] == "node.kubernetes.io/disk-pressure" for t in node.data["taints"])
+    evicted = {p["name"] for p in node.data["pods"] if p["reason"] == "Evicted"}
+    assert len(evicted) == 3
+    events = text(rows(i, "k8s_events", "k8s-worker-r3-14"))
+    assert "EvictionThresholdMet" in events and "FreeDiskSpaceFailed" in events
+    assert "ephemeral-storage" in text(rows(i, "k8s_events", "doc-chunker"))
+
+
+def kv_cache_long_prompts(i):
+    assert stepped_up(i, "vLLM KV-cache usage")
+    assert stepped_up(i, "vLLM requests waiting")
+    assert stepped_up(i, "vLLM preemptions")
+    assert not stepped_up(i, "vLLM generation throughput")  # same traffic, longer prompts
+
+
+def image_pull_unauthorized(i):
+    events = text(rows(i, "k8s_events", "transcriber"))
+    assert "401 Unauthorized" in events and "ErrImagePull" in events
+    waiting = {
+        c["state"].get("waiting", {}).get("reason")
+        for r in rows(i, "pod_status", "transcriber-5b9f7c6d48")
+        for c in r.data["containers"]
+    }
+    assert waiting == {"ImagePullBackOff"}
+    (history,) = rows(i, "rollout_history", "transcriber")
+    revisions = {rs["revision"]: rs for rs in history.data["replicaSets"]}
+    assert {n: rs["createdInWindow"] for n, rs in revisions.items()} == {22: True, 21: False}
+    assert revisions[22]["images"] == ["registry.gitlab.corp.example/media/transcriber:3.8.0"]
+
+
+def managed_postgres(i):
+    assert "Connection refused" in text(rows(i, "log_signatures", "agent-orchestrator"))
+    assert "connection refused" in text(rows(i, "log_signatures", "memory-indexer"))
+    scope = Incident.objects.get(pk=i).scope
+    assert {"kind": "Service", "namespace": "agents", "name": "agents-pg"} in scope["services"]
+
+
+def batch_embeddings_surge(i):
+    assert stepped_up(i, "HTTP request rate")
+    assert stepped_up(i, "vLLM requests waiting")
+    (history,) = rows(i, "rollout_history", "embed-gte")
+    assert history.data["rolloutsInWindow"] == []  # nothing to roll back
+
+
 EXPECTATIONS = {
     "01-bad-deploy": bad_deploy,
     "02-kv-cache-saturation": kv_cache,
@@ -148,6 +246,14 @@ EXPECTATIONS = {
     "11-upstream-rate-limit": rate_limit,
     "12-dependency-failure": dependency,
     "13-unknown": unknown,
+    "14-bad-deploy-env-flag": env_flag_deploy,
+    "15-gpu-ecc-row-remap-failure": ecc_row_remap,
+    "16-oom-killed-python-api": python_api_oom,
+    "17-node-disk-pressure": disk_pressure,
+    "18-kv-cache-long-prompts": kv_cache_long_prompts,
+    "19-image-pull-unauthorized": image_pull_unauthorized,
+    "20-dependency-managed-postgres": managed_postgres,
+    "21-traffic-surge-batch-embeddings": batch_embeddings_surge,
 }
 
 
@@ -176,10 +282,21 @@ def test_the_replayed_scenario_yields_the_evidence_a_human_expects(name, live_se
 
         incident = Incident.objects.get(pk=incident_id)
         assert incident.scope["namespaces"] or incident.scope["nodes"]
+        # The analysis of this evidence cites only evidence that exists, and the page links it.
+        analysis = run_analysis(incident_id)
+        existing = set(
+            Evidence.objects.filter(incident_id=incident_id).values_list("pk", flat=True)
+        )
+        assert analysis.status == "ready"
+        for hypothesis in analysis.hypotheses:
+            assert hypothesis["evidence"] and set(hypothesis["evidence"]) <= existing, hypothesis
         assert incident.timeline.filter(kind="collection_finished").exists()
         page = client_as("viewer").get(f"/incidents/{incident_id}/")
         assert page.status_code == 200
         assert b'<svg class="chart"' in page.content and b'class="alert-start"' in page.content
+        for cited in analysis.hypotheses[0]["evidence"]:
+            assert f'href="#evidence-{cited}"'.encode() in page.content
+            assert f'id="evidence-{cited}"'.encode() in page.content
 
 
 @pytest.mark.django_db(transaction=True)

@@ -593,6 +593,13 @@ def rollout_history(deployment: dict, replicasets: list[dict], window: Window) -
     current = current or _matching_template(deployment, replicasets, revisions)
     for item in revisions:
         item["current"] = item is current
+    templates = {
+        rs["metadata"]["name"]: (rs.get("spec") or {}).get("template") or {} for rs in replicasets
+    }
+    for newer, older in zip(revisions, revisions[1:], strict=False):
+        newer["changesFromPrevious"] = template_changes(
+            templates[older["name"]], templates[newer["name"]]
+        )
     return {
         "namespace": metadata.get("namespace"),
         "deployment": metadata["name"],
@@ -635,6 +642,50 @@ def _revision(rs: dict, window: Window) -> dict[str, Any]:
         "readyReplicas": status.get("readyReplicas", 0),
         "availableReplicas": status.get("availableReplicas", 0),
     }
+
+
+def template_changes(old: dict, new: dict) -> list[str]:
+    """What a revision changed in the pod template, container by container, in kubectl's words.
+
+    Two revisions with the same image can still differ (an env flag, args, resources); a human
+    looking for "what changed?" needs those lines, not only the image list.
+    """
+    old_containers = {c.get("name"): c for c in ((old.get("spec") or {}).get("containers") or [])}
+    changes = []
+    for container in (new.get("spec") or {}).get("containers") or []:
+        name = container.get("name")
+        before = old_containers.get(name)
+        if before is None:
+            changes.append(f"container {name} added")
+            continue
+        for key in ("image", "command", "args", "resources"):
+            if before.get(key) != container.get(key):
+                changes.append(f"{name}.{key}: {before.get(key)!r} → {container.get(key)!r}")
+        changes.extend(_env_changes(name, before.get("env") or [], container.get("env") or []))
+    removed = set(old_containers) - {
+        c.get("name") for c in (new.get("spec") or {}).get("containers") or []
+    }
+    changes.extend(f"container {name} removed" for name in sorted(removed, key=str))
+    return changes[:30]
+
+
+def _env_changes(container: str, before: list[dict], after: list[dict]) -> list[str]:
+    """Env vars by name; values from Secrets/ConfigMaps are shown as their reference, never read."""
+
+    def value(item: dict) -> str:
+        if "valueFrom" in item:
+            return f"<from {sorted(item['valueFrom'])[0]}>"
+        return repr(item.get("value", ""))
+
+    old = {e.get("name"): value(e) for e in before}
+    new = {e.get("name"): value(e) for e in after}
+    lines = []
+    for name in sorted(set(old) | set(new), key=str):
+        if old.get(name) != new.get(name):
+            lines.append(
+                f"{container}.env.{name}: {old.get(name, '(unset)')} → {new.get(name, '(unset)')}"
+            )
+    return lines
 
 
 def _matching_template(

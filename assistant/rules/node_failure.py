@@ -147,6 +147,11 @@ def _confidence(
             score += 0.1
     else:
         score = 0.45  # Ready, but under pressure: it may evict, it has not failed
+        evicted = [p for p in troubled if "Evicted" in p.why]
+        if len(evicted) >= 2:
+            # It is evicting: pods of several workloads pushed off one node under pressure is a
+            # node failure in all but the Ready condition.
+            score = 0.75
     if troubled and len(troubled) * 2 >= len(here):
         score += 0.06
     if before:

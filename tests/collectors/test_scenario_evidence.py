@@ -325,3 +325,17 @@ def test_a_dead_prometheus_fails_its_collectors_and_the_others_still_complete(
             b'id="source-prometheus"' in page.content
             and b"failed: Prometheus unreachable" in page.content
         )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_revision_that_kept_its_image_shows_what_it_changed(live_server):
+    with ReplayWorld(
+        load_scenario(ROOT / "scenarios/14-bad-deploy-env-flag.yaml"), with_metrics=False
+    ) as world:
+        (incident_id,) = world.deliver(live_server.url).incident_ids
+        collect_now(incident_id)
+        (history,) = rows(incident_id, "rollout_history", "answer-api")
+        newest = history.data["replicaSets"][0]
+        assert any(
+            ".env.CITATION_MODE: 'off' → 'inline'" in line for line in newest["changesFromPrevious"]
+        )

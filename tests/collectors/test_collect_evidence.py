@@ -42,6 +42,16 @@ def test_a_real_worker_collects_evidence_for_a_new_incident(
     )
     assert reasons["prometheus"] == "cluster default has no Prometheus URL configured"
 
+    # The finished round enqueued the analysis, which the same worker ran.
+    from assistant.models import Analysis
+
+    analysis = wait_for(
+        lambda: Analysis.objects.filter(incident=incident, status="ready").first(),
+        timeout=60,
+        message=f"the worker to analyse; worker log:\n{log.read_text()[-2000:]}",
+    )
+    assert analysis.hypotheses[0]["category"] == "unknown"  # no sources, so nothing is supported
+
 
 @pytest.mark.django_db
 def test_collection_is_claimed_once_even_when_delivered_twice(client, am_token):

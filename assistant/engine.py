@@ -166,10 +166,15 @@ def _unknown(facts: Facts, weak: list[Candidate]) -> Candidate:
 
 
 def _proposals(ranked: list[Candidate]) -> list[Proposal]:
-    """The top hypothesis's proposals first (the recommended step), then the others'."""
+    """The top hypothesis's proposals first (the recommended step), then the other supported ones'.
+
+    A weak lead is shown as a hypothesis, but acting on it is not proposed.
+    """
     seen: set[tuple] = set()
     proposals: list[Proposal] = []
-    for candidate in ranked:
+    for index, candidate in enumerate(ranked):
+        if index and candidate.confidence < SUPPORTED:
+            continue
         for proposal in candidate.proposals:
             key = (proposal.action, proposal.target)
             if key in seen:

@@ -134,3 +134,15 @@ def test_every_family_of_the_taxonomy_has_a_rule_module():
 
     modules = {name.replace("_", "-") for name in engine.RULES}
     assert modules == set(CATEGORIES) - {"unknown"}
+
+
+def test_weak_leads_are_shown_but_not_proposed(rules):
+    cordon = Proposal("cordon-node", NODE, {}, "Xid 79")
+    restart = Proposal("none", None, {"steps": "read the logs"}, "weak")
+    rules(
+        rule(Candidate("gpu-hardware-fault", NODE, 0.9, [3], "Xid 79 on gpu-node-7.", [cordon])),
+        rule(Candidate("crash-loop", CHAT, 0.3, [1], "Pods crash.", [restart])),
+    )
+    draft = engine.analyse(facts())
+    assert [h.category for h in draft.hypotheses] == ["gpu-hardware-fault", "crash-loop"]
+    assert [p.action for p in draft.proposals] == ["cordon-node"]

@@ -265,7 +265,9 @@ def test_the_real_worker_collects_evidence_for_an_incident_alertmanager_opened(
     kinds = list(
         incident.timeline.filter(actor="vigil").order_by("at", "pk").values_list("kind", flat=True)
     )
-    assert kinds == [
+    # The finished round enqueues the analysis, which may already have been recorded too.
+    assert kinds[:2] == [
         TimelineEvent.Kind.COLLECTION_STARTED,
         TimelineEvent.Kind.COLLECTION_FINISHED,
     ]
+    assert set(kinds[2:]) <= {TimelineEvent.Kind.ANALYSIS_READY}

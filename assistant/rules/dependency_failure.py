@@ -75,6 +75,7 @@ class State:
     evidence_ids: list[int] = field(default_factory=list)
     scheduling: str = ""
     evicted: str = ""
+    own_failure: str = ""  # a failure family of its own (crash loop, OOM kill, image pull)
 
 
 def evaluate(facts: Facts) -> list[Candidate]:
@@ -179,9 +180,29 @@ def _state(facts: Facts, target: Entity) -> State:
     return state
 
 
+# Failure families a dependency can have in its own right: their rules name the cause more
+# precisely than "the dependency is down", so dependency-failure yields to them.
+OWN_FAMILY_WAITING = {
+    "CrashLoopBackOff": "crash-loop",
+    "ErrImagePull": "image-pull-failure",
+    "ImagePullBackOff": "image-pull-failure",
+}
+
+
+def _own_failure(row: EvidenceItem) -> str:
+    for container in c.containers(row):
+        if c.last_terminated(container).get("reason") == "OOMKilled":
+            return "oom-killed"
+        family = OWN_FAMILY_WAITING.get(c.waiting_reason(container))
+        if family:
+            return family
+    return ""
+
+
 def _pod_state(state: State, row: EvidenceItem) -> None:
     data = row.data
     name = data.get("pod")
+    state.own_failure = state.own_failure or _own_failure(row)
     if data.get("reason") == "Evicted" or data.get("phase") == "Failed":
         state.problems.append(
             f"pod {name} {data.get('reason') or 'failed'}: {(data.get('message') or '').strip()[:160]}"
@@ -217,6 +238,10 @@ def _candidate(facts: Facts, blame: Blame) -> Candidate:
         score -= 0.3  # the caller has complained for long before the symptom: old noise
     if blame.target.kind == "Service" and not state.problems:
         score -= 0.05  # nothing in the cluster confirms the far side is down
+    if state.own_failure:
+        # The callers' errors are real, but the dependency's own failure is the more specific
+        # root cause, and its own rule says what to do about it.
+        score = min(score, 0.6)
     evidence = [*(s.row.id for s in blame.sigs), *state.evidence_ids]
     return Candidate(
         category=CATEGORY,
@@ -245,6 +270,10 @@ def _explain(facts: Facts, blame: Blame, state: State) -> str:
         text += f"{blame.target} is itself in trouble since {c.hhmm(state.since)}: {'; '.join(state.problems[:3])}."
     else:
         text += f"The evidence holds nothing about {blame.target}'s own state; check it directly."
+    if state.own_failure:
+        text += (
+            f" Its pods show a {state.own_failure} of their own, which is the more specific cause."
+        )
     return text.strip()
 
 

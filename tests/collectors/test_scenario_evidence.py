@@ -232,6 +232,71 @@ def batch_embeddings_surge(i):
     assert history.data["rolloutsInWindow"] == []  # nothing to roll back
 
 
+def args_only_deploy(i):
+    (history,) = rows(i, "rollout_history", "qwen-coder")
+    revisions = {rs["revision"]: rs for rs in history.data["replicaSets"]}
+    assert {n: rs["createdInWindow"] for n, rs in revisions.items()} == {9: True, 8: False}
+    assert revisions[9]["images"] == revisions[8]["images"]  # only the args changed
+    assert "maximum context length is 16384" in text(
+        rows(i, "log_signatures", "qwen-coder-68f4c9d7b5")
+    )
+    assert stepped_up(i, "VLLMRequestFailureRatioHigh")
+
+
+def configmap_crash_loop(i):
+    waiting = {
+        c["state"].get("waiting", {}).get("reason")
+        for r in rows(i, "pod_status", "tool-router")
+        for c in r.data["containers"]
+    }
+    assert waiting == {"CrashLoopBackOff"}
+    logs = rows(i, "log_signatures", "tool-router")
+    assert any(r.data["previous"] for r in logs) and "ScannerError" in text(logs)
+    (history,) = rows(i, "rollout_history", "tool-router")
+    assert history.data["rolloutsInWindow"] == []  # no new revision of tool-router
+
+
+def power_brake(i):
+    flagged = {
+        r.entity_name: sorted({f for g in r.data["gpus"] for f in g["flags"]})
+        for r in rows(i, "gpu_health")
+        if any(g["flags"] for g in r.data["gpus"])
+    }
+    assert set(flagged) == {"gpu-h100-a08"}  # the hot, power-capped GPU on a09 is not flagged
+    assert "power-brake" in flagged["gpu-h100-a08"]
+
+
+def product_launch_surge(i):
+    assert stepped_up(i, "HTTP request rate")
+    assert stepped_up(i, "vLLM requests waiting")
+    (history,) = rows(i, "rollout_history", "support-bot")
+    assert history.data["rolloutsInWindow"] == []
+
+
+def registry_rate_limit(i):
+    events = text(rows(i, "k8s_events", "asr-whisper"))
+    assert "429 Too Many Requests" in events and "ErrImagePull" in events
+    waiting = {
+        c["state"].get("waiting", {}).get("reason")
+        for r in rows(i, "pod_status", "asr-whisper-5d7c9b8f46-r8wkn")
+        for c in r.data["containers"]
+    }
+    assert waiting == {"ImagePullBackOff"}
+    (history,) = rows(i, "rollout_history", "asr-whisper")
+    assert history.data["rolloutsInWindow"] == []  # nothing to roll back
+
+
+def vector_db_oom(i):
+    exits = {
+        c["lastState"]["terminated"]["reason"]
+        for r in rows(i, "pod_status", "qdrant")
+        for c in r.data["containers"]
+        if c["lastState"].get("terminated")
+    }
+    assert exits == {"OOMKilled"}
+    assert "Connection refused" in text(rows(i, "log_signatures", "answer-api"))
+
+
 EXPECTATIONS = {
     "01-bad-deploy": bad_deploy,
     "02-kv-cache-saturation": kv_cache,
@@ -254,6 +319,12 @@ EXPECTATIONS = {
     "19-image-pull-unauthorized": image_pull_unauthorized,
     "20-dependency-managed-postgres": managed_postgres,
     "21-traffic-surge-batch-embeddings": batch_embeddings_surge,
+    "22-bad-deploy-args-context-window": args_only_deploy,
+    "23-crash-loop-configmap-edited-in-place": configmap_crash_loop,
+    "24-gpu-power-brake-one-node": power_brake,
+    "25-traffic-surge-product-launch": product_launch_surge,
+    "26-image-pull-registry-rate-limit": registry_rate_limit,
+    "27-oom-killed-vector-db": vector_db_oom,
 }
 
 

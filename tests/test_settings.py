@@ -87,3 +87,9 @@ def test_a_bad_duration_is_a_clear_error():
     result = run_manage("check", VIGIL_DEBUG="1", VIGIL_GROUP_WINDOW="soon")
     assert result.returncode != 0
     assert "VIGIL_GROUP_WINDOW='soon' is not a duration" in result.stderr
+
+
+def test_checking_migrations_needs_no_production_secrets():
+    result = run_manage("makemigrations", "--check", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "No changes detected" in result.stdout

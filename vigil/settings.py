@@ -52,8 +52,10 @@ DEBUG = env_bool("VIGIL_DEBUG", False)
 TESTING = env_bool("VIGIL_TESTING", False)
 
 SECRET_KEY = os.environ.get("VIGIL_SECRET_KEY", "")
+# Commands that only inspect code (makemigrations) need no key; manage.py says so for them.
+KEYLESS_COMMAND = env_bool("VIGIL_KEYLESS_COMMAND", False)
 if not SECRET_KEY:
-    if not (DEBUG or TESTING):
+    if not (DEBUG or TESTING or KEYLESS_COMMAND):
         raise ImproperlyConfigured(
             "VIGIL_SECRET_KEY must be set in production (or set VIGIL_DEBUG=1 for development)."
         )

@@ -20,6 +20,7 @@ from collectors.base import Entity
 from ..base import Candidate, EvidenceItem, Facts, Proposal
 from .infra_signals import (
     PodView,
+    cordon_then_drain,
     earliest,
     grace_seconds,
     hhmm,
@@ -268,19 +269,12 @@ def _explanation(
 
 def _proposals(node: Entity, fault: NodeFault, grace: int) -> list[Proposal]:
     gpus = ", ".join(dict.fromkeys(fault.gpu_ids)) or "the GPU"
-    return [
-        Proposal(
-            action="cordon-node",
-            target=node,
-            rationale=f"Stop new pods landing on {node.name} while {gpus} is broken.",
+    return cordon_then_drain(
+        node,
+        grace,
+        cordon_why=f"Stop new pods landing on {node.name} while {gpus} is broken.",
+        drain_why=(
+            f"Move the pods off {node.name} onto healthy GPUs; the GPU needs a reset, "
+            "a reboot or replacement before the node is uncordoned."
         ),
-        Proposal(
-            action="drain-node",
-            target=node,
-            params={"grace_seconds": grace},
-            rationale=(
-                f"Move the pods off {node.name} onto healthy GPUs; the GPU needs a reset, "
-                "a reboot or replacement before the node is uncordoned."
-            ),
-        ),
-    ]
+    )

@@ -21,6 +21,7 @@ from ..base import Candidate, EvidenceItem, Facts, Proposal
 from .infra_signals import (
     PodView,
     Series,
+    cordon_then_drain,
     earliest,
     grace_seconds,
     hhmm,
@@ -230,16 +231,9 @@ def _explanation(
 
 
 def _proposals(node: Entity, grace: int) -> list[Proposal]:
-    return [
-        Proposal(
-            action="cordon-node",
-            target=node,
-            rationale=f"Keep new pods off {node.name} until its cooling is repaired.",
-        ),
-        Proposal(
-            action="drain-node",
-            target=node,
-            params={"grace_seconds": grace},
-            rationale=f"Move the slowed pods off {node.name} so they run at full clocks elsewhere.",
-        ),
-    ]
+    return cordon_then_drain(
+        node,
+        grace,
+        cordon_why=f"Keep new pods off {node.name} until its cooling is repaired.",
+        drain_why=f"Move the slowed pods off {node.name} so they run at full clocks elsewhere.",
+    )

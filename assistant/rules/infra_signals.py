@@ -17,7 +17,7 @@ from typing import Any
 
 from collectors.base import Entity
 
-from ..base import EvidenceItem, Facts
+from ..base import EvidenceItem, Facts, Proposal
 
 PRECEDENCE_SLACK = timedelta(minutes=2)
 """A fault may be recorded a scrape or two after the symptom's alert was computed."""
@@ -387,4 +387,16 @@ def loads(facts: Facts) -> list[Load]:
             {profile: profile_series(facts, profile, deployment) for profile in LOAD_PROFILES},
         )
         for deployment in metric_entities(facts, LOAD_PROFILES)
+    ]
+
+
+def cordon_then_drain(
+    node: Entity, grace: int, *, cordon_why: str, drain_why: str
+) -> list[Proposal]:
+    """The node families' remedy: stop new pods landing there first, then move the rest off."""
+    return [
+        Proposal(action="cordon-node", target=node, rationale=cordon_why),
+        Proposal(
+            action="drain-node", target=node, params={"grace_seconds": grace}, rationale=drain_why
+        ),
     ]

@@ -19,6 +19,7 @@ from collectors.base import Entity
 from ..base import Candidate, EvidenceItem, Facts, Proposal
 from .infra_signals import (
     PodView,
+    cordon_then_drain,
     earliest,
     grace_seconds,
     hhmm,
@@ -195,19 +196,12 @@ def _explanation(
 
 
 def _proposals(node: Entity, grace: int) -> list[Proposal]:
-    return [
-        Proposal(
-            action="cordon-node",
-            target=node,
-            rationale=f"Keep the scheduler from placing pods on {node.name} while it is unhealthy.",
+    return cordon_then_drain(
+        node,
+        grace,
+        cordon_why=f"Keep the scheduler from placing pods on {node.name} while it is unhealthy.",
+        drain_why=(
+            f"Evict what is left on {node.name} so its controllers recreate it on healthy "
+            "nodes; then repair or replace the node."
         ),
-        Proposal(
-            action="drain-node",
-            target=node,
-            params={"grace_seconds": grace},
-            rationale=(
-                f"Evict what is left on {node.name} so its controllers recreate it on healthy "
-                "nodes; then repair or replace the node."
-            ),
-        ),
-    ]
+    )

@@ -127,3 +127,23 @@ def test_a_failing_analysis_is_recorded_not_raised(incident, monkeypatch):
     analysis = engine.run_analysis(incident.pk)
     assert analysis.status == "failed" and "facts unreadable" in analysis.error
     assert incident.timeline.filter(kind="analysis_failed").exists()
+
+
+def test_the_page_polls_for_the_analysis_of_a_newer_collection_round(client_as, incident, oom_rule):
+    from django.utils import timezone
+
+    engine.run_analysis(incident.pk)
+    Incident.objects.filter(pk=incident.pk).update(
+        collection_started_at=timezone.now(), collection_finished_at=None
+    )
+    part = client_as("viewer").get(
+        f"/incidents/{incident.pk}/?part=analysis", headers={"HX-Request": "true"}
+    )
+    assert b'hx-trigger="every 3s"' in part.content  # a round is running: its analysis will follow
+
+    Incident.objects.filter(pk=incident.pk).update(collection_finished_at=timezone.now())
+    engine.run_analysis(incident.pk)  # the analysis of that round
+    part = client_as("viewer").get(
+        f"/incidents/{incident.pk}/?part=analysis", headers={"HX-Request": "true"}
+    )
+    assert b"hx-trigger" not in part.content

@@ -146,3 +146,28 @@ def test_weak_leads_are_shown_but_not_proposed(rules):
     draft = engine.analyse(facts())
     assert [h.category for h in draft.hypotheses] == ["gpu-hardware-fault", "crash-loop"]
     assert [p.action for p in draft.proposals] == ["cordon-node"]
+
+
+def test_the_symptom_starts_with_the_latest_run_of_alerts_not_a_chronic_one():
+    from datetime import timedelta
+
+    def firing(name, minutes_ago):
+        return AlertItem(
+            {"alertname": name}, {}, T - timedelta(minutes=minutes_ago), None, "firing"
+        )
+
+    chronic_and_fresh = facts()
+    chronic_and_fresh.alerts = [
+        firing("CPUThrottlingHigh", 180),
+        firing("HighErrors", 6),
+        firing("TTFTHigh", 3),
+    ]
+    assert chronic_and_fresh.first_alert_at == T - timedelta(minutes=6)
+
+    slowly_developing = facts()
+    slowly_developing.alerts = [
+        firing("QueueGrowing", 70),
+        firing("LatencyHigh", 40),
+        firing("Errors", 5),
+    ]
+    assert slowly_developing.first_alert_at == T - timedelta(minutes=70)

@@ -9,10 +9,10 @@ the `unknown` fallback and storing the Analysis are the engine's job (assistant/
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from collectors.base import AlertFacts, Entity, Scope
+from collectors.base import AlertFacts, Entity, Scope, symptom_start
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,6 @@ class EvidenceItem:
     entity: Entity | None
     data: dict[str, Any]
 
-
-# Alerts further apart than this belong to different stories (see Facts.first_alert_at).
-SYMPTOM_GAP = timedelta(minutes=45)
 
 # The rules see alerts exactly as the collectors do.
 AlertItem = AlertFacts
@@ -50,25 +47,9 @@ class Facts:
 
     @property
     def first_alert_at(self) -> datetime:
-        """When the symptom began: the start of the latest run of firing alerts.
-
-        Alerts of one incident start within minutes of each other; one that has been firing for
-        hours before the rest (a chronic CPU-throttling or disk warning grouped in) is background,
-        not the start of this symptom. So walk back from the newest start while the gaps stay
-        under SYMPTOM_GAP.
-        """
-        starts = sorted(
-            {a.starts_at for a in self.alerts if a.status == "firing"}
-            or {a.starts_at for a in self.alerts}
-        )
-        if not starts:
-            return self.opened_at
-        first = starts[-1]
-        for earlier in reversed(starts[:-1]):
-            if first - earlier > SYMPTOM_GAP:
-                break
-            first = earlier
-        return first
+        """When the symptom began (collectors.base.symptom_start over the firing alerts)."""
+        firing = [a.starts_at for a in self.alerts if a.status == "firing"]
+        return symptom_start(firing or [a.starts_at for a in self.alerts]) or self.opened_at
 
     def alert_namespaces(self) -> set[str]:
         return {a.labels["namespace"] for a in self.alerts if a.labels.get("namespace")}

@@ -9,7 +9,7 @@ stores Evidence rows and turns a CollectorError or any crash into a "failed, bec
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 
@@ -95,6 +95,29 @@ class Scope:
         known = {"namespaces", "containers", "jobs", "models", "notes"}
         kwargs.update({k: list(v) for k, v in data.items() if k in known})
         return cls(**kwargs)
+
+
+# Alerts further apart than this belong to different stories (see symptom_start).
+SYMPTOM_GAP = timedelta(minutes=45)
+
+
+def symptom_start(starts: list[datetime]) -> datetime | None:
+    """When the symptom began: the earliest start of the latest run of alerts.
+
+    Alerts of one incident start within minutes of each other; one that has been firing for
+    hours before the rest (a chronic CPU-throttling or disk warning grouped in) is background,
+    not the start of this symptom. So walk back from the newest start while the gaps stay under
+    SYMPTOM_GAP.
+    """
+    ordered = sorted(set(starts))
+    if not ordered:
+        return None
+    first = ordered[-1]
+    for earlier in reversed(ordered[:-1]):
+        if first - earlier > SYMPTOM_GAP:
+            break
+        first = earlier
+    return first
 
 
 @dataclass(frozen=True)

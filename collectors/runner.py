@@ -29,6 +29,7 @@ from .base import (
     EvidenceDraft,
     Scope,
     Window,
+    symptom_start,
 )
 from .models import Evidence
 from .redaction import redact
@@ -58,7 +59,8 @@ def build_context(incident: Incident) -> CollectionContext:
     """What every collector of this incident sees: its cluster, scope, window and alerts."""
     cluster = incident.cluster
     alerts = incident_alert_facts(incident, limit=settings.VIGIL_COLLECT_MAX_ALERTS)
-    first_alert_at = alerts[0].starts_at if alerts else incident.opened_at
+    firing = [a.starts_at for a in alerts if a.status == "firing"]
+    first_alert_at = symptom_start(firing or [a.starts_at for a in alerts]) or incident.opened_at
     now = timezone.now()
     window = Window(
         start=min(first_alert_at, now) - settings.VIGIL_COLLECT_LOOKBACK,

@@ -297,6 +297,56 @@ def vector_db_oom(i):
     assert "Connection refused" in text(rows(i, "log_signatures", "answer-api"))
 
 
+def model_swap_deploy(i):
+    (history,) = rows(i, "rollout_history", "support-llm")
+    revisions = {rs["revision"]: rs for rs in history.data["replicaSets"]}
+    assert {n: rs["createdInWindow"] for n, rs in revisions.items()} == {15: True, 14: False}
+    assert "xgrammar" in text(rows(i, "log_signatures", "support-llm-5c8d7f6b49"))
+
+
+def egress_rate_limit(i):
+    logs = text(rows(i, "log_signatures", "research-agent"))
+    assert "429" in logs and "rate_limit_error" in logs
+
+
+def gpu_node_kubelet_silent(i):
+    (node,) = rows(i, "node_status", "gpu-a100-07")
+    assert node.data["ready"] == "Unknown"
+    assert any(t["key"] == "node.kubernetes.io/unreachable" for t in node.data["taints"])
+
+
+def jvm_native_oom(i):
+    exits = {
+        (c["lastState"]["terminated"]["reason"], c["lastState"]["terminated"]["exitCode"])
+        for r in rows(i, "pod_status", "pricing-api")
+        for c in r.data["containers"]
+        if c["lastState"].get("terminated")
+    }
+    assert exits == {("OOMKilled", 137)}
+    assert "java.lang.OutOfMemoryError" not in text(rows(i, "log_signatures", "pricing-api"))
+
+
+def image_tag_not_found(i):
+    events = text(rows(i, "k8s_events", "reranker"))
+    assert "not found" in events and "ErrImagePull" in events
+    (history,) = rows(i, "rollout_history", "reranker")
+    revisions = {rs["revision"]: rs for rs in history.data["replicaSets"]}
+    assert {n: rs["createdInWindow"] for n, rs in revisions.items()} == {14: True, 13: False}
+
+
+def kv_cache_70b(i):
+    assert stepped_up(i, "vLLM KV-cache usage")
+    assert stepped_up(i, "vLLM requests waiting")
+    flagged = [g for r in rows(i, "gpu_health") for g in r.data["gpus"] if "thermal" in g["flags"]]
+    assert flagged == []  # warm but not throttled
+
+
+def transient_5xx(i):
+    statuses = rows(i, "pod_status", "rag-gateway")
+    assert statuses
+    assert all(c["restartCount"] == 0 for r in statuses for c in r.data["containers"])
+
+
 EXPECTATIONS = {
     "01-bad-deploy": bad_deploy,
     "02-kv-cache-saturation": kv_cache,
@@ -325,6 +375,13 @@ EXPECTATIONS = {
     "25-traffic-surge-product-launch": product_launch_surge,
     "26-image-pull-registry-rate-limit": registry_rate_limit,
     "27-oom-killed-vector-db": vector_db_oom,
+    "28-bad-deploy-model-swap-hpa": model_swap_deploy,
+    "29-upstream-rate-limit-egress-gateway": egress_rate_limit,
+    "31-node-failure-gpu-kubelet-silent": gpu_node_kubelet_silent,
+    "32-oom-killed-jvm-native-memory": jvm_native_oom,
+    "33-image-pull-tag-not-found-ecr": image_tag_not_found,
+    "34-kv-cache-70b-max-num-seqs": kv_cache_70b,
+    "35-unknown-transient-5xx-resolved": transient_5xx,
 }
 
 

@@ -9,8 +9,9 @@ import sys
 import uuid
 from pathlib import Path
 
+# pytest-django loads the settings before this file: VIGIL_TESTING comes from `make test`, and
+# the settings give each test run its own queue and embedded broker file (vigil/settings.py).
 os.environ.setdefault("VIGIL_TESTING", "1")
-os.environ.setdefault("VIGIL_CELERY_QUEUE", f"vigil-test-{uuid.uuid4().hex[:12]}")
 
 import pytest  # noqa: E402
 
@@ -183,3 +184,6 @@ def _drop_test_queue():
             conn.default_channel.queue_delete(settings.CELERY_TASK_DEFAULT_QUEUE)
     except Exception as exc:  # the broker may be gone at the end of a fault test; say so
         print(f"could not delete test queue: {exc}")
+    for url in (settings.CELERY_BROKER_URL, settings.CELERY_RESULT_BACKEND):
+        if "sqlite:///" in url and "-test-" in url:  # this run's own embedded broker files
+            Path(url.split("sqlite:///", 1)[1]).unlink(missing_ok=True)

@@ -199,13 +199,16 @@ CONTENT_SECURITY_POLICY = {
 }
 
 # Celery: embedded SQLite broker by default, Redis via CELERY_BROKER_URL.
-CELERY_BROKER_URL = (
-    os.environ.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}"
+# A test run gets its own embedded broker file and queue, so it never takes (or leaves) tasks of a
+# `make run` on the same machine, nor of another test run.
+_TEST_SUFFIX = f"-test-{os.getpid()}" if TESTING else ""
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or (
+    f"sqla+sqlite:///{VAR_DIR / f'celery-broker{_TEST_SUFFIX}.sqlite3'}"
 )
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or (
     CELERY_BROKER_URL
     if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
-    else f"db+sqlite:///{VAR_DIR / 'celery-results.sqlite3'}"
+    else f"db+sqlite:///{VAR_DIR / f'celery-results{_TEST_SUFFIX}.sqlite3'}"
 )
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -244,7 +247,9 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("VIGIL_CELERY_EAGER", False)
 # Tests give each run its own queue so runs sharing one Redis never take each other's tasks.
-CELERY_TASK_DEFAULT_QUEUE = os.environ.get("VIGIL_CELERY_QUEUE", "celery")
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("VIGIL_CELERY_QUEUE") or (
+    f"vigil{_TEST_SUFFIX}" if TESTING else "celery"
+)
 
 # Vigil itself.
 VIGIL_WEBHOOK_MAX_BYTES = int(os.environ.get("VIGIL_WEBHOOK_MAX_BYTES", str(4 * 1024 * 1024)))

@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 FINGERPRINT = re.compile(r"[0-9a-f]{16}")
 GENERATOR_URL = "http://prometheus.example:9090/graph?g0.expr=up"
 TIMEOUT = 30  # seconds; every wait normally ends within a few
+WORKER_TIMEOUT = 90  # a collection round on a loaded two-core machine (a bound, not a target)
 
 
 @pytest.fixture
@@ -86,11 +87,11 @@ def vigil_state() -> str:
     return "\n".join(lines) or "(no deliveries and no incidents)"
 
 
-def wait_for_vigil(am: AlertmanagerServer, condition, message: str, extra=None):
+def wait_for_vigil(am: AlertmanagerServer, condition, message: str, extra=None, timeout=TIMEOUT):
     def diagnostics() -> str:
         return vigil_state() + (f"\n{extra()}" if extra else "")
 
-    return am.wait(condition, message=message, timeout=TIMEOUT, diagnostics=diagnostics)
+    return am.wait(condition, message=message, timeout=timeout, diagnostics=diagnostics)
 
 
 def test_alerts_posted_to_alertmanager_become_incidents_grouped_by_its_group_key(alertmanager):
@@ -256,6 +257,7 @@ def test_the_real_worker_collects_evidence_for_an_incident_alertmanager_opened(
         ).first(),
         "the celery worker to finish evidence collection",
         worker_tail,
+        timeout=WORKER_TIMEOUT,
     )
     assert (
         incident.collection_requested_at

@@ -9,7 +9,7 @@ the `unknown` fallback and storing the Analysis are the engine's job (assistant/
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from collectors.base import AlertFacts, Entity, Scope, symptom_start
@@ -26,6 +26,26 @@ class EvidenceItem:
     title: str
     entity: Entity | None
     data: dict[str, Any]
+
+
+def parse_time(value: object) -> datetime | None:
+    """A time as the evidence holds it (RFC 3339, Unix seconds or a datetime), aware; None if absent."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def hhmm(moment: datetime | None) -> str:
+    """A time the way an explanation names it: `15:57 UTC`."""
+    return moment.astimezone(UTC).strftime("%H:%M UTC") if moment else "an unknown time"
 
 
 # The rules see alerts exactly as the collectors do.

@@ -7,9 +7,9 @@ its own shape, so this flattens them into one list, each entry pointing at its e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
-from .base import Facts
+from .base import Facts, parse_time
 
 MAX_ENTRIES = 80
 
@@ -20,20 +20,6 @@ class Entry:
     kind: str  # alert | change | event | metric-step | log | gpu
     title: str
     evidence_id: int | None = None
-
-
-def parse_time(value: object) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
-    if isinstance(value, str) and value:
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return None
 
 
 def build_timeline(facts: Facts) -> list[Entry]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from collectors.base import Entity
 
-from ..base import AlertItem, EvidenceItem, Facts
+from ..base import AlertItem, EvidenceItem, Facts, hhmm, parse_time  # noqa: F401 (re-exported to rules)
 
 # A symptom that starts this long after a change is rarely caused by it; beyond, it fades.
 CHANGE_TIGHT = timedelta(minutes=15)
@@ -25,23 +25,6 @@ CHANGE_LOOSE = timedelta(minutes=35)
 # A log signature first seen this long before the symptom is old noise, not its cause.
 OLD_NOISE = timedelta(minutes=30)
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 string (as the collectors write them) as an aware datetime; None if absent."""
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def hhmm(moment: datetime | None) -> str:
-    """A time the way an explanation names it: `15:57 UTC`."""
-    return moment.strftime("%H:%M UTC") if moment else "an unknown time"
 
 
 def ago(facts: Facts, moment: datetime | None) -> str:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from collectors.base import Entity
 
-from ..base import EvidenceItem, Facts, Proposal
+from ..base import EvidenceItem, Facts, Proposal, hhmm, parse_time  # noqa: F401 (re-exported to rules)
 
 PRECEDENCE_SLACK = timedelta(minutes=2)
 """A fault may be recorded a scrape or two after the symptom's alert was computed."""
@@ -27,24 +27,6 @@ DEFAULT_GRACE_SECONDS = 30
 
 
 # -- times ----------------------------------------------------------------------------------------
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 string of the evidence (or a datetime) as an aware datetime; None if absent."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def hhmm(moment: datetime | None) -> str:
-    """A time as people read it on a page: "15:49 UTC"."""
-    return moment.astimezone(UTC).strftime("%H:%M UTC") if moment else "an unknown time"
 
 
 def precedes(cause: datetime | None, symptom: datetime) -> bool | None:

@@ -32,6 +32,12 @@ class IntegrationBearer(HttpBearer):
         return authenticate_integration(request, self.kind)
 
 
+def aware_or_now(moment: datetime | None) -> datetime:
+    """Machines send times with or without an offset, or none at all: store them as UTC."""
+    moment = moment or timezone.now()
+    return timezone.make_aware(moment, UTC) if timezone.is_naive(moment) else moment
+
+
 router = Router(tags=["deploys"])
 
 
@@ -60,9 +66,7 @@ class DeployOut(Schema):
 def create_deploy(request: HttpRequest, body: DeployIn) -> Status:
     """Record a rollout so the assistant can line it up against the symptoms."""
     integration: Integration = request.auth
-    at = body.at or timezone.now()
-    if timezone.is_naive(at):
-        at = timezone.make_aware(at, UTC)
+    at = aware_or_now(body.at)
     event = DeployEvent.objects.create(
         cluster=integration.cluster,
         integration=integration,
@@ -173,9 +177,7 @@ class GpuSnapshotOut(Schema):
 def create_gpu_snapshot(request: HttpRequest, body: GpuSnapshotIn) -> Status:
     """Keep a node's NVML reading so GPU hypotheses can cite Xids, ECC and throttling."""
     integration: Integration = request.auth
-    taken_at = body.taken_at or timezone.now()
-    if timezone.is_naive(taken_at):
-        taken_at = timezone.make_aware(taken_at, UTC)
+    taken_at = aware_or_now(body.taken_at)
     snapshot = GpuSnapshot.objects.create(
         cluster=integration.cluster,
         integration=integration,

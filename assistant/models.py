@@ -19,6 +19,17 @@ class Analysis(models.Model):
         RULES = "rules"
         LLM = "llm"
 
+    class LLMStatus(models.TextChoices):
+        OFF = "off", "no LLM configured"
+        PENDING = "pending", "narrative being written"
+        OK = "ok", "narrative written"
+        FALLBACK = "fallback", "LLM failed: the deterministic draft stands"
+
+    class ReviewStatus(models.TextChoices):
+        DRAFT = "draft"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
     incident = models.ForeignKey(
         "incidents.Incident", on_delete=models.CASCADE, related_name="analyses"
     )
@@ -31,6 +42,42 @@ class Analysis(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    # The deterministic draft, kept even when the LLM rewrites summary and ranking: the fallback,
+    # and the baseline that shows whether the LLM changed the top hypothesis.
+    rules_summary = models.TextField(blank=True)
+    rules_hypotheses = models.JSONField(default=list, blank=True)
+
+    # The LLM narrative (assistant/llm/), when one is configured.
+    llm_status = models.CharField(
+        max_length=10, choices=LLMStatus.choices, default=LLMStatus.OFF, blank=True
+    )
+    llm_error = models.TextField(blank=True, help_text="Why the deterministic draft stands.")
+    llm_dropped = models.JSONField(
+        default=list, blank=True, help_text="What the code check removed from the LLM's answer."
+    )
+    model = models.CharField(max_length=200, blank=True)
+    prompt_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The prompt as counted by our tokenizer, before sending."
+    )
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+
+    # Human review: a draft until a responder approves or rejects it.
+    review_status = models.CharField(
+        max_length=10, choices=ReviewStatus.choices, default=ReviewStatus.DRAFT
+    )
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="reviewed_analyses",
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_reason = models.TextField(blank=True, help_text="Why it was rejected.")
+
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "analyses"
@@ -40,6 +87,43 @@ class Analysis(models.Model):
 
     def __str__(self) -> str:
         return f"analysis {self.pk} of incident {self.incident_id} ({self.status})"
+
+
+class SummaryRevision(models.Model):
+    """One version of an analysis's summary: the rules' draft, the LLM's, then each human edit.
+
+    Versions are never changed or deleted, so any two can be diffed; the Analysis's `summary` is
+    the newest one's text.
+    """
+
+    class Source(models.TextChoices):
+        RULES = "rules"
+        LLM = "llm"
+        EDIT = "edit"
+
+    analysis = models.ForeignKey(Analysis, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveIntegerField()
+    text = models.TextField()
+    source = models.CharField(max_length=10, choices=Source.choices)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        help_text="Empty when the assistant wrote it.",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["analysis", "number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["analysis", "number"], name="summary_revision_number_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"summary v{self.number} of analysis {self.analysis_id} ({self.source})"
 
 
 class ActionProposal(models.Model):

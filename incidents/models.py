@@ -232,6 +232,11 @@ class TimelineEvent(models.Model):
         COLLECTION_FINISHED = "collection_finished"
         ANALYSIS_READY = "analysis_ready"
         ANALYSIS_FAILED = "analysis_failed"
+        ANALYSIS_NARRATED = "analysis_narrated"
+        ANALYSIS_FALLBACK = "analysis_fallback"
+        ANALYSIS_APPROVED = "analysis_approved"
+        ANALYSIS_EDITED = "analysis_edited"
+        ANALYSIS_REJECTED = "analysis_rejected"
         NOTE = "note"
 
     incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="timeline")

@@ -18,6 +18,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VIGIL_VAR_DIR", BASE_DIR / "var"))
+# The embedded default keeps its SQLite database and broker here; a fresh clone has no var/ yet.
+VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -295,3 +297,23 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("VIGIL_LOG_LEVEL", "INFO")},
 }
+
+# The LLM narrative (optional; assistant/llm/). Unset VIGIL_LLM: the rule-based analysis stands
+# alone and the page says so. `provider:model` goes to LangChain's init_chat_model; any
+# OpenAI-compatible server (self-hosted vLLM) is `openai:<served name>` with VIGIL_LLM_BASE_URL.
+VIGIL_LLM = os.environ.get("VIGIL_LLM", "").strip()
+VIGIL_LLM_BASE_URL = os.environ.get("VIGIL_LLM_BASE_URL", "").strip()
+VIGIL_LLM_API_KEY = os.environ.get("VIGIL_LLM_API_KEY", "")
+VIGIL_LLM_TIMEOUT = env_seconds("VIGIL_LLM_TIMEOUT", 30)
+# Rate limits (429) and 5xx are retried this many times, waiting as Retry-After asks (capped).
+VIGIL_LLM_MAX_RETRIES = int(os.environ.get("VIGIL_LLM_MAX_RETRIES", "2"))
+VIGIL_LLM_MAX_RETRY_WAIT = env_seconds("VIGIL_LLM_MAX_RETRY_WAIT", 20)
+# "json_schema", "function_calling" or "json_mode"; empty: the provider's default.
+VIGIL_LLM_STRUCTURED_METHOD = os.environ.get("VIGIL_LLM_STRUCTURED_METHOD", "").strip()
+VIGIL_LLM_INPUT_TOKENS = int(os.environ.get("VIGIL_LLM_INPUT_TOKENS", "6000"))
+VIGIL_LLM_OUTPUT_TOKENS = int(os.environ.get("VIGIL_LLM_OUTPUT_TOKENS", "1500"))
+VIGIL_LLM_INCIDENT_TOKEN_BUDGET = int(os.environ.get("VIGIL_LLM_INCIDENT_TOKEN_BUDGET", "60000"))
+VIGIL_LLM_DAILY_TOKEN_BUDGET = int(os.environ.get("VIGIL_LLM_DAILY_TOKEN_BUDGET", "2000000"))
+# USD per million tokens, for the cost shown beside each narrative (0: not priced).
+VIGIL_LLM_INPUT_COST_PER_MTOK = float(os.environ.get("VIGIL_LLM_INPUT_COST_PER_MTOK", "0"))
+VIGIL_LLM_OUTPUT_COST_PER_MTOK = float(os.environ.get("VIGIL_LLM_OUTPUT_COST_PER_MTOK", "0"))

@@ -207,8 +207,34 @@ def hypothesis_json(candidate: Candidate) -> dict:
     }
 
 
-def run_analysis(incident_id: int) -> Analysis:
-    """Analyse the incident's current evidence and store a ready (or failed) Analysis."""
+def proposal_rows(analysis: Analysis, proposals: list[Proposal]) -> list[ActionProposal]:
+    """Unsaved proposal rows, ranked as given (the first is the recommended next step)."""
+    return [
+        ActionProposal(
+            incident_id=analysis.incident_id,
+            analysis=analysis,
+            rank=rank,
+            action=p.action,
+            target_kind=p.target.kind if p.target else "",
+            target_namespace=(p.target.namespace or "") if p.target else "",
+            target_name=p.target.name if p.target else "",
+            params=p.params,
+            rationale=p.rationale,
+        )
+        for rank, p in enumerate(proposals)
+    ]
+
+
+def run_analysis(incident_id: int, *, enqueue_narrative: bool = True) -> Analysis:
+    """Analyse the incident's current evidence and store a ready (or failed) Analysis.
+
+    With an LLM configured, the rules' draft is stored ready at once and marked as awaiting its
+    narrative, which a separate task writes (assistant/narrative.py): the engineer never waits on
+    the LLM to see the ranking.
+    """
+    from .llm import llm_configured
+    from .review import record_revision
+
     incident = Incident.objects.get(pk=incident_id)
     analysis = Analysis.objects.create(incident=incident)
     try:
@@ -216,27 +242,19 @@ def run_analysis(incident_id: int) -> Analysis:
     except Exception as exc:
         logger.exception("analysis of incident %s failed", incident_id)
         return _fail(analysis, f"{type(exc).__name__}: {exc}")
+    narrated = llm_configured()
     with transaction.atomic():
         analysis.status = Analysis.Status.READY
-        analysis.summary = draft.summary
-        analysis.hypotheses = [hypothesis_json(c) for c in draft.hypotheses]
+        analysis.hypotheses = analysis.rules_hypotheses = [
+            hypothesis_json(c) for c in draft.hypotheses
+        ]
+        analysis.rules_summary = draft.summary
+        analysis.llm_status = Analysis.LLMStatus.PENDING if narrated else Analysis.LLMStatus.OFF
         analysis.error = "\n".join(draft.problems)
         analysis.finished_at = timezone.now()
         analysis.save()
-        ActionProposal.objects.bulk_create(
-            ActionProposal(
-                incident=incident,
-                analysis=analysis,
-                rank=rank,
-                action=p.action,
-                target_kind=p.target.kind if p.target else "",
-                target_namespace=(p.target.namespace or "") if p.target else "",
-                target_name=p.target.name if p.target else "",
-                params=p.params,
-                rationale=p.rationale,
-            )
-            for rank, p in enumerate(draft.proposals)
-        )
+        record_revision(analysis, draft.summary, "rules")
+        ActionProposal.objects.bulk_create(proposal_rows(analysis, draft.proposals))
         top = draft.hypotheses[0]
         TimelineEvent.objects.create(
             incident=incident,
@@ -248,6 +266,12 @@ def run_analysis(incident_id: int) -> Analysis:
             ],
             payload={"analysis": analysis.pk, "source": analysis.source},
         )
+        if narrated and enqueue_narrative:
+            from vigil.celery import publish_on_commit
+
+            from .tasks import narrate_analysis
+
+            publish_on_commit(narrate_analysis, analysis.pk)
     return analysis
 
 

@@ -52,6 +52,9 @@ class Analysis(models.Model):
         max_length=10, choices=LLMStatus.choices, default=LLMStatus.OFF, blank=True
     )
     llm_error = models.TextField(blank=True, help_text="Why the deterministic draft stands.")
+    llm_started_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a worker claimed the narrative (one call at a time)."
+    )
     llm_dropped = models.JSONField(
         default=list, blank=True, help_text="What the code check removed from the LLM's answer."
     )

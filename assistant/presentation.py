@@ -1,14 +1,19 @@
-"""The latest analysis, shaped for the API (DESIGN.md) and the incident page."""
+"""Analyses shaped for the API (DESIGN.md) and the incident page."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from decimal import Decimal
+
 from incidents.models import Incident
 
-from .models import ActionProposal, Analysis
+from .models import ActionProposal, Analysis, SummaryRevision
+from .rendering import render_markdown
+from .review import current_revision, diff_stats
 
 
 def latest_analysis(incident: Incident) -> Analysis | None:
-    return Analysis.objects.filter(incident=incident).first()
+    return Analysis.objects.filter(incident=incident).select_related("reviewed_by").first()
 
 
 def action_json(action: ActionProposal) -> dict:
@@ -22,10 +27,37 @@ def action_json(action: ActionProposal) -> dict:
     }
 
 
-def analysis_json(incident: Incident) -> dict | None:
-    analysis = latest_analysis(incident)
-    if analysis is None:
+def rfc3339(moment: datetime | None) -> str | None:
+    if moment is None:
         return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def review_json(analysis: Analysis) -> dict:
+    return {
+        "status": analysis.review_status,
+        "by": analysis.reviewed_by.get_username() if analysis.reviewed_by else None,
+        "at": rfc3339(analysis.reviewed_at),
+        "reason": analysis.review_reason or None,
+    }
+
+
+def llm_json(analysis: Analysis) -> dict:
+    return {
+        "status": analysis.llm_status or Analysis.LLMStatus.OFF,
+        "error": analysis.llm_error or None,
+        "dropped": list(analysis.llm_dropped or []),
+        "prompt_tokens": analysis.prompt_tokens,
+        "input_tokens": analysis.input_tokens,
+        "output_tokens": analysis.output_tokens,
+        "latency_ms": analysis.latency_ms,
+        "cost_usd": float(analysis.cost_usd) if analysis.cost_usd is not None else None,
+    }
+
+
+def analysis_dict(analysis: Analysis) -> dict:
+    """One analysis: DESIGN.md's fields, then its review, summary version and LLM provenance."""
+    revision = current_revision(analysis)
     return {
         "id": analysis.pk,
         "status": analysis.status,
@@ -33,12 +65,41 @@ def analysis_json(incident: Incident) -> dict | None:
         "summary": analysis.summary,
         "hypotheses": analysis.hypotheses,
         "actions": [action_json(a) for a in analysis.actions.all()],
+        "review": review_json(analysis),
+        "revision": revision.number if revision else None,
+        "model": analysis.model or None,
+        "llm": llm_json(analysis),
     }
 
 
+def revision_json(revision: SummaryRevision, previous: SummaryRevision | None) -> dict:
+    added, removed = diff_stats(previous.text if previous else "", revision.text)
+    return {
+        "number": revision.number,
+        "source": revision.source,
+        "author": revision.author.get_username() if revision.author else None,
+        "created_at": rfc3339(revision.created_at),
+        "text": revision.text,
+        "added": added,
+        "removed": removed,
+    }
+
+
+def analysis_json(incident: Incident) -> dict | None:
+    """The `analysis` of GET /api/v1/incidents/<id>: the latest one, null until analysis starts."""
+    analysis = latest_analysis(incident)
+    return analysis_dict(analysis) if analysis is not None else None
+
+
 def analysis_expected(incident: Incident, analysis: Analysis | None) -> bool:
-    """Whether a newer analysis is on its way: the page keeps polling until it is there."""
+    """Whether a newer analysis (or its narrative) is on its way: the page polls until it is."""
     if analysis is not None and analysis.status == Analysis.Status.PENDING:
+        return True
+    if (
+        analysis is not None
+        and analysis.status == Analysis.Status.READY
+        and analysis.llm_status == Analysis.LLMStatus.PENDING
+    ):
         return True
     collecting = bool(incident.collection_started_at and not incident.collection_finished_at)
     if collecting:
@@ -49,15 +110,112 @@ def analysis_expected(incident: Incident, analysis: Analysis | None) -> bool:
     return analysis is None or analysis.created_at < finished
 
 
+def evidence_anchor_ids(incident: Incident) -> frozenset[int]:
+    """Ids of the evidence that has a panel `#evidence-<id>` on the page (evidence.html)."""
+    from collectors.models import Evidence
+    from collectors.presentation import PANELS
+
+    return frozenset(
+        Evidence.objects.filter(
+            incident=incident, status=Evidence.Status.OK, kind__in=list(PANELS)
+        ).values_list("pk", flat=True)
+    )
+
+
+def format_tokens(count: int | None) -> str:
+    return f"{count:,}" if count is not None else "?"
+
+
+def format_latency(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    return f"{ms} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
+
+
+def format_cost(cost: Decimal | float | None) -> str:
+    """An estimate, with as many decimals as a small amount needs to show at all."""
+    if cost is None:
+        return ""
+    value = Decimal(str(cost))
+    if value == 0:
+        return "≈ $0"
+    if value >= 1:
+        return f"≈ ${value:,.2f}"
+    if value >= Decimal("0.01"):
+        return f"≈ ${value:.3f}"
+    if value >= Decimal("0.0001"):
+        return f"≈ ${value:.4f}"
+    return "< $0.0001"
+
+
+def provenance(analysis: Analysis) -> str:
+    """The LLM call behind a narrative: "openai:gpt-4o-mini · 3,412 in / 388 out tokens · …"."""
+    parts = [analysis.model or "an unnamed model"]
+    if analysis.input_tokens is not None or analysis.output_tokens is not None:
+        parts.append(
+            f"{format_tokens(analysis.input_tokens)} in / "
+            f"{format_tokens(analysis.output_tokens)} out tokens"
+        )
+    parts += [p for p in (format_latency(analysis.latency_ms), format_cost(analysis.cost_usd)) if p]
+    return " · ".join(parts)
+
+
+def hypothesis_view(hypothesis: dict, anchors: frozenset[int]) -> dict:
+    """A hypothesis with its citations split into those with a panel to link to and the rest."""
+    cited = [i for i in hypothesis.get("evidence") or [] if isinstance(i, int)]
+    return {**hypothesis, "cited": [{"id": i, "linked": i in anchors} for i in cited]}
+
+
+def analysis_card(analysis: Analysis, anchors: frozenset[int]) -> dict:
+    """What the page needs of one ready analysis beyond its fields."""
+    revision = current_revision(analysis)
+    llm_status = analysis.llm_status or Analysis.LLMStatus.OFF
+    return {
+        "analysis": analysis,
+        "summary_html": render_markdown(analysis.summary, anchors),
+        "revision": revision,
+        "hypotheses": [hypothesis_view(h, anchors) for h in analysis.hypotheses or []],
+        "llm_status": llm_status,
+        "provenance": provenance(analysis) if llm_status == Analysis.LLMStatus.OK else "",
+        "dropped": [str(d) for d in analysis.llm_dropped or []],
+        "llm_error": (analysis.llm_error or "").strip().rstrip("."),
+    }
+
+
+def reviewed_analysis(incident: Incident, latest: Analysis | None) -> Analysis | None:
+    """The newest reviewed analysis, while a newer one still awaits its review (or is running)."""
+    if latest is None:
+        return None
+    if latest.status == Analysis.Status.READY and latest.review_status != (
+        Analysis.ReviewStatus.DRAFT
+    ):
+        return None
+    return (
+        Analysis.objects.filter(incident=incident, status=Analysis.Status.READY)
+        .exclude(review_status=Analysis.ReviewStatus.DRAFT)
+        .exclude(pk=latest.pk)
+        .select_related("reviewed_by")
+        .first()
+    )
+
+
 def analysis_context(incident: Incident) -> dict:
     from .facts import facts_for
+    from .llm import llm_configured
     from .timeline import build_timeline
 
     analysis = latest_analysis(incident)
+    anchors = evidence_anchor_ids(incident) if analysis else frozenset()
+    ready = analysis is not None and analysis.status == Analysis.Status.READY
+    reviewed = reviewed_analysis(incident, analysis)
     return {
         "analysis": analysis,
+        "card": analysis_card(analysis, anchors) if ready else None,
+        "reviewed": analysis_card(reviewed, anchors) if reviewed else None,
         "analysis_expected": analysis_expected(incident, analysis),
         "story": build_timeline(facts_for(incident)) if analysis else [],
         "proposals": list(analysis.actions.all()) if analysis else [],
-        "llm_configured": False,  # the LLM issue adds the narrative; until then the page says so
+        # Now, not when the analysis ran: a rule-based analysis from before an LLM was configured
+        # says so rather than claiming there is none.
+        "llm_configured": llm_configured(),
     }

@@ -1,12 +1,22 @@
-"""Analysis tasks: a thin adapter around the engine, started when a collection round finishes."""
+"""Analysis tasks: thin adapters around the engine and the narrative, and their sweep."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import shared_task
+from django.conf import settings
 
-from vigil.celery import publish_on_commit
+from vigil.celery import publish, publish_on_commit, reset_broker_backoff
+
+logger = logging.getLogger(__name__)
+
+
+def _narrative_time_limit() -> int:
+    """Every attempt may time out and every retry may wait: the task must outlast that."""
+    attempts = settings.VIGIL_LLM_MAX_RETRIES + 2
+    return int(attempts * (settings.VIGIL_LLM_TIMEOUT + settings.VIGIL_LLM_MAX_RETRY_WAIT)) + 30
 
 
 @shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
@@ -14,6 +24,35 @@ def analyse_incident(incident_id: int) -> int:
     from .engine import run_analysis
 
     return run_analysis(incident_id).pk
+
+
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=_narrative_time_limit(),
+    time_limit=_narrative_time_limit() + 30,
+)
+def narrate_analysis(analysis_id: int) -> str:
+    """The LLM's narrative of one analysis; claimed, so a redelivery never calls the LLM twice."""
+    from .narrative import write_narrative
+
+    return write_narrative(analysis_id).llm_status
+
+
+@shared_task(acks_late=True, max_retries=0)
+def sweep_narratives() -> dict[str, int]:
+    """Backstop: re-enqueue narratives whose task was lost; give up visibly on hopeless ones."""
+    from .narrative import give_up_on_stuck_narratives, lost_narratives
+
+    reset_broker_backoff()
+    given_up = give_up_on_stuck_narratives()
+    enqueued = sum(
+        bool(publish(narrate_analysis, analysis_id))
+        for analysis_id in lost_narratives(grace=settings.VIGIL_SWEEP_GRACE)
+    )
+    if enqueued or given_up:
+        logger.info("narratives: %s re-enqueued, %s given up", enqueued, given_up)
+    return {"enqueued": enqueued, "given_up": given_up}
 
 
 def on_collection_finished(sender: Any, incident_id: int, **kwargs: Any) -> None:

@@ -25,7 +25,10 @@ class Result:
     action_match: bool = False
     first_action: dict | None = None
     seconds: float | None = None
-    tokens: int = 0
+    tokens: int = 0  # what the LLM prompt uses (or would use), counted with our tokenizer
+    llm: str = "off"  # the narrative: off (no LLM configured), ok or fallback
+    llm_top_changed: bool | None = None  # whether the LLM's top hypothesis differs from the rules'
+    llm_error: str = ""
     error: str = ""
     incident_id: int | None = None
 
@@ -49,6 +52,9 @@ class Report:
             "top1": sum(r.top1 for r in self.results) / n,
             "top3": sum(r.top3 for r in self.results) / n,
             "action": sum(r.action_match for r in self.results) / n,
+            "max_prompt_tokens": max((r.tokens for r in self.results), default=0),
+            "llm_narrated": sum(r.llm == "ok" for r in self.results),
+            "llm_top_changed": sum(bool(r.llm_top_changed) for r in self.results),
         }
 
     def as_json(self) -> dict:
@@ -107,18 +113,47 @@ def evaluate_path(path: Path, base_url: str, *, with_metrics: bool = True) -> Re
             analysis = analyse_now(result.incident_id)
             result.seconds = round(time.monotonic() - started, 2)
             score(result, analysis)
+            record_llm(result, analysis)
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     return result
 
 
 def analyse_now(incident_id: int):
-    """Collect and analyse in this process, as the worker would, so no worker is needed."""
+    """Collect, analyse and narrate in this process, as the workers would, so none is needed."""
     from assistant.engine import run_analysis
+    from assistant.models import Analysis
+    from assistant.narrative import write_narrative
     from collectors.tasks import collect_now
 
     collect_now(incident_id)
-    return run_analysis(incident_id)
+    analysis = run_analysis(incident_id, enqueue_narrative=False)
+    if analysis.llm_status == Analysis.LLMStatus.PENDING:
+        analysis = write_narrative(analysis.pk)
+    return analysis
+
+
+def record_llm(result: Result, analysis) -> None:
+    """The prompt's size (sent, or what would be sent) and what the LLM changed."""
+    result.llm = analysis.llm_status
+    result.llm_error = analysis.llm_error
+    if analysis.llm_status == "ok":
+        rules_top = (analysis.rules_hypotheses or [{}])[0]
+        top = (analysis.hypotheses or [{}])[0]
+        result.llm_top_changed = (rules_top.get("category"), _entity(rules_top.get("entity"))) != (
+            top.get("category"),
+            _entity(top.get("entity")),
+        )
+    result.tokens = analysis.prompt_tokens or prompt_tokens_of(analysis)
+
+
+def prompt_tokens_of(analysis) -> int:
+    from assistant.facts import facts_for
+    from assistant.llm.prompt import build_prompt
+    from assistant.presentation import action_json
+
+    proposals = [action_json(a) for a in analysis.actions.filter(proposed_by__isnull=True)]
+    return build_prompt(facts_for(analysis.incident), analysis.rules_hypotheses, proposals).tokens
 
 
 def score(result: Result, analysis) -> None:

@@ -246,6 +246,10 @@ CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 1.0
 CELERY_REDIS_SOCKET_TIMEOUT = 2.0
 CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "incidents.tasks.sweep", "schedule": env_seconds("VIGIL_SWEEP_INTERVAL", 60)},
+    "narratives": {
+        "task": "assistant.tasks.sweep_narratives",
+        "schedule": env_seconds("VIGIL_SWEEP_INTERVAL", 60),
+    },
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("VIGIL_CELERY_EAGER", False)
 # Tests give each run its own queue so runs sharing one Redis never take each other's tasks.

@@ -78,7 +78,13 @@ def test_the_api_returns_the_latest_analysis_in_the_documented_shape(client_as, 
     engine.run_analysis(incident.pk)
     body = client_as("viewer").get(f"/api/v1/incidents/{incident.pk}").json()
     analysis = body["analysis"]
-    assert set(analysis) == {"id", "status", "source", "summary", "hypotheses", "actions"}
+    assert set(analysis) == {"id", "status", "source", "summary", "hypotheses", "actions"} | {
+        "review",
+        "revision",
+        "model",
+        "llm",
+    }
+    assert analysis["review"]["status"] == "draft" and analysis["revision"] == 1
     assert analysis["hypotheses"][0]["category"] == "oom-killed"
     (action,) = analysis["actions"]
     assert set(action) == {"id", "action", "target", "params", "status", "rationale"}

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from replay.evaluation import Report, evaluate_path, scenario_paths
@@ -55,7 +56,9 @@ class Command(BaseCommand):
         totals = report.totals()
         self.stdout.write(
             f"\nTOTAL {totals['scenarios']} scenarios: top-1 {totals['top1']:.0%}, "
-            f"top-3 {totals['top3']:.0%}, action {totals['action']:.0%}"
+            f"top-3 {totals['top3']:.0%}, action {totals['action']:.0%}; prompt tokens max "
+            f"{totals['max_prompt_tokens']:,} (budget {settings.VIGIL_LLM_INPUT_TOKENS:,}), LLM changed "
+            f"the top hypothesis in {totals['llm_top_changed']} of {totals['llm_narrated']} narrated"
         )
         if json_file:
             Path(json_file).write_text(json.dumps(report.as_json(), indent=2))
@@ -79,5 +82,14 @@ class Command(BaseCommand):
         )
         self.stdout.write(
             f"    rank {r.expected_rank or '—'}  action {'match' if r.action_match else 'miss'}  "
-            f"{r.seconds if r.seconds is not None else '—'}s  tokens {r.tokens}"
+            f"{r.seconds if r.seconds is not None else '—'}s  prompt {r.tokens:,} tokens "
+            f"(budget {settings.VIGIL_LLM_INPUT_TOKENS:,})  {self._llm(r)}"
         )
+
+    @staticmethod
+    def _llm(r) -> str:
+        if r.llm == "off":
+            return "llm off"
+        if r.llm == "ok":
+            return "llm ok, top " + ("CHANGED" if r.llm_top_changed else "kept")
+        return f"llm {r.llm}: {r.llm_error}"

@@ -130,10 +130,22 @@ class SummaryRevision(models.Model):
 
 
 class ActionProposal(models.Model):
-    """A remediation from the catalogue with a concrete target; nothing runs without approval."""
+    """A remediation from the catalogue with a concrete target; nothing runs without approval.
+
+    proposed (by the assistant, or added by an engineer) → previewed (a server-side dry run) →
+    approved or rejected → executing (a Celery task) → succeeded or failed; an approved action
+    may be cancelled before it runs. assistant/remediation.py owns every transition.
+    """
 
     class Status(models.TextChoices):
         PROPOSED = "proposed"
+        PREVIEWED = "previewed"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+        CANCELLED = "cancelled"
+        EXECUTING = "executing"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
 
     incident = models.ForeignKey(
         "incidents.Incident", on_delete=models.CASCADE, related_name="actions"
@@ -156,10 +168,48 @@ class ActionProposal(models.Model):
         blank=True,
         help_text="Empty when the assistant proposed it.",
     )
+    # Whoever last changed the parameters is, for four eyes, a requester too.
+    edited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
     created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    # The last dry run: {summary, requests, diff, fingerprint}; error when it could not run.
+    preview = models.JSONField(default=dict, blank=True)
+    preview_error = models.TextField(blank=True)
+    previewed_at = models.DateTimeField(null=True, blank=True)
+    previewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Who approved, rejected or cancelled it.",
+    )
+    reason = models.TextField(blank=True, help_text="Why it was rejected or cancelled.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    # {ok, message, requests, responses, result}: the API's answer, kept for the audit.
+    outcome = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
 
     class Meta:
         ordering = ["rank", "id"]
+        indexes = [models.Index(fields=["status", "updated_at"], name="action_status_updated")]
 
     def __str__(self) -> str:
         return f"{self.action} {self.target_kind} {self.target_name}"
@@ -173,3 +223,46 @@ class ActionProposal(models.Model):
             "namespace": self.target_namespace or None,
             "name": self.target_name,
         }
+
+
+class ActionEvent(models.Model):
+    """The audit trail of one action: who did what, when, with the exact requests sent.
+
+    Append-only; the audit pages read it. The incident timeline gets a readable line for the
+    same steps, this keeps the detail.
+    """
+
+    class Kind(models.TextChoices):
+        PROPOSED = "proposed"
+        ADDED = "added"
+        EDITED = "edited"
+        PREVIEWED = "previewed"
+        PREVIEW_FAILED = "preview_failed"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+        CANCELLED = "cancelled"
+        EXECUTING = "executing"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        SILENCE_EXPIRED = "silence_expired"
+
+    action = models.ForeignKey(ActionProposal, on_delete=models.CASCADE, related_name="events")
+    incident = models.ForeignKey(
+        "incidents.Incident", on_delete=models.CASCADE, related_name="action_events"
+    )
+    at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    actor = models.CharField(max_length=150, help_text="A username, or the system that acted.")
+    detail = models.TextField(blank=True)
+    requests = models.JSONField(default=list, blank=True, help_text="Exactly what was sent.")
+    responses = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [
+            models.Index(fields=["incident", "at"], name="action_event_incident_at"),
+            models.Index(fields=["-at"], name="action_event_newest"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of action {self.action_id} by {self.actor}"

@@ -120,9 +120,13 @@ def _apply(analysis: Analysis, narration) -> None:
     analysis.hypotheses = narration.hypotheses
     analysis.save()
     record_revision(analysis, narration.summary, "llm")
-    # The assistant's proposals follow the new ranking; an engineer's own additions stay.
+    # The assistant's proposals follow the new ranking; an engineer's own additions, and any
+    # proposal someone already touched (edited, previewed: it has audit events), stay.
     analysis.actions.filter(
-        proposed_by__isnull=True, status=ActionProposal.Status.PROPOSED
+        proposed_by__isnull=True,
+        edited_by__isnull=True,
+        status=ActionProposal.Status.PROPOSED,
+        events__isnull=True,
     ).delete()
     ActionProposal.objects.bulk_create(proposal_rows(analysis, narration.proposals))
     top = narration.hypotheses[0]

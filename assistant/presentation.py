@@ -16,7 +16,18 @@ def latest_analysis(incident: Incident) -> Analysis | None:
     return Analysis.objects.filter(incident=incident).select_related("reviewed_by").first()
 
 
+def _username(user) -> str | None:
+    return user.get_username() if user is not None else None
+
+
 def action_json(action: ActionProposal) -> dict:
+    """One action of `actions[]` (DESIGN.md's six fields first), with its lifecycle.
+
+    `preview`: the last dry run, null until one succeeded; `decided`: who approved, rejected or
+    cancelled it; `outcome`: the API's answer once it ran (`{ok, message, requests, responses,
+    result}`); `proposed_by`: null for the assistant's own proposals.
+    """
+    preview = action.preview or {}
     return {
         "id": action.pk,
         "action": action.action,
@@ -24,6 +35,30 @@ def action_json(action: ActionProposal) -> dict:
         "params": action.params,
         "status": action.status,
         "rationale": action.rationale,
+        "preview": {
+            "summary": preview.get("summary", ""),
+            "diff": preview.get("diff", ""),
+            "requests": preview.get("requests", []),
+            "fingerprint": preview.get("fingerprint", ""),
+            "at": rfc3339(action.previewed_at),
+            "by": _username(action.previewed_by) if action.previewed_by_id else None,
+        }
+        if preview
+        else None,
+        "preview_error": action.preview_error or None,
+        "decided": {
+            "by": _username(action.decided_by) if action.decided_by_id else None,
+            "at": rfc3339(action.decided_at),
+            "reason": action.reason or None,
+        }
+        if action.decided_at
+        else None,
+        "outcome": action.outcome or None,
+        "error": action.error or None,
+        "proposed_by": _username(action.proposed_by) if action.proposed_by_id else None,
+        "attempts": action.attempts,
+        "started_at": rfc3339(action.started_at),
+        "finished_at": rfc3339(action.finished_at),
     }
 
 
@@ -55,6 +90,32 @@ def llm_json(analysis: Analysis) -> dict:
     }
 
 
+def actions_of(incident: Incident, analysis: Analysis | None) -> list[ActionProposal]:
+    """The analysis's proposals (ranked), then every other action of the incident worth showing.
+
+    "Worth showing": added by an engineer, or past `proposed` (previewed, decided, run): a
+    re-analysis supersedes the older analysis's untouched proposals, never an action someone
+    acted on. The page and the API list the same actions.
+    """
+    rows = list(
+        ActionProposal.objects.filter(incident=incident).select_related(
+            "proposed_by", "edited_by", "previewed_by", "decided_by", "analysis"
+        )
+    )
+    current = [p for p in rows if analysis is not None and p.analysis_id == analysis.pk]
+    current.sort(key=lambda p: (p.rank, p.pk))
+    others = [
+        p
+        for p in rows
+        if p not in current
+        and (
+            p.analysis_id is None or p.proposed_by_id or p.status != ActionProposal.Status.PROPOSED
+        )
+    ]
+    others.sort(key=lambda p: p.pk)
+    return current + others
+
+
 def analysis_dict(analysis: Analysis) -> dict:
     """One analysis: DESIGN.md's fields, then its review, summary version and LLM provenance."""
     revision = current_revision(analysis)
@@ -64,7 +125,7 @@ def analysis_dict(analysis: Analysis) -> dict:
         "source": analysis.source,
         "summary": analysis.summary,
         "hypotheses": analysis.hypotheses,
-        "actions": [action_json(a) for a in analysis.actions.all()],
+        "actions": [action_json(a) for a in actions_of(analysis.incident, analysis)],
         "review": review_json(analysis),
         "revision": revision.number if revision else None,
         "model": analysis.model or None,

@@ -1,4 +1,4 @@
-"""Analysis tasks: thin adapters around the engine and the narrative, and their sweep."""
+"""Assistant tasks: thin adapters around the engine, the narrative and remediation, and sweeps."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from celery import shared_task
 from django.conf import settings
 
 from vigil.celery import publish, publish_on_commit, reset_broker_backoff
+
+from .remediation import EXECUTE_SOFT_LIMIT, EXECUTE_TIME_LIMIT
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,40 @@ def sweep_narratives() -> dict[str, int]:
     )
     if enqueued or given_up:
         logger.info("narratives: %s re-enqueued, %s given up", enqueued, given_up)
+    return {"enqueued": enqueued, "given_up": given_up}
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,  # remediation.run bounds the attempts (ActionProposal.attempts)
+    soft_time_limit=EXECUTE_SOFT_LIMIT,
+    time_limit=EXECUTE_TIME_LIMIT,
+)
+def execute_action(self: Any, action_id: int) -> str | None:
+    """Execute an approved action (remediation.run): claimed, so a duplicate does nothing; a
+    transient failure comes back as RetryLater and is retried after its backoff."""
+    from .remediation import RetryLater, run
+
+    try:
+        proposal = run(action_id)
+    except RetryLater as exc:
+        # If the broker refuses the retry, the action waits approved and the sweep re-enqueues it.
+        raise self.retry(countdown=exc.countdown) from exc
+    return proposal.status if proposal is not None else None
+
+
+@shared_task(acks_late=True, max_retries=0)
+def sweep_actions() -> dict[str, int]:
+    """Backstop: re-enqueue executions whose task was lost; fail those lost on every attempt."""
+    from .remediation import give_up_on_lost_executions, lost_executions
+
+    reset_broker_backoff()
+    given_up = give_up_on_lost_executions()
+    enqueued = sum(bool(publish(execute_action, action_id)) for action_id in lost_executions())
+    if enqueued or given_up:
+        logger.info("actions: %s re-enqueued, %s given up", enqueued, given_up)
     return {"enqueued": enqueued, "given_up": given_up}
 
 

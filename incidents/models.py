@@ -237,6 +237,17 @@ class TimelineEvent(models.Model):
         ANALYSIS_APPROVED = "analysis_approved"
         ANALYSIS_EDITED = "analysis_edited"
         ANALYSIS_REJECTED = "analysis_rejected"
+        ACTION_ADDED = "action_added"
+        ACTION_EDITED = "action_edited"
+        ACTION_PREVIEWED = "action_previewed"
+        ACTION_APPROVED = "action_approved"
+        ACTION_REJECTED = "action_rejected"
+        ACTION_CANCELLED = "action_cancelled"
+        ACTION_EXECUTING = "action_executing"
+        ACTION_SUCCEEDED = "action_succeeded"
+        ACTION_RETRYING = "action_retrying"
+        ACTION_FAILED = "action_failed"
+        SILENCE_EXPIRED = "silence_expired"
         NOTE = "note"
 
     incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="timeline")

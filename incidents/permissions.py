@@ -91,3 +91,28 @@ def access_incident(user: Any, incident_id: int, *, respond: bool = False):
         return Incident.objects.select_related("cluster").get(pk=incident_id)
     except Incident.DoesNotExist as exc:
         raise Http404("No such incident") from exc
+
+
+def four_eyes_refusal(user: Any, action: Any) -> str:
+    """Why four eyes forbids `user` to approve `action` (an ActionProposal); "" when it does not.
+
+    With VIGIL_FOUR_EYES on, whoever added the action or last changed its parameters is one of
+    its requesters and may not approve it too. An assistant proposal has no human proposer, and
+    previewing is not requesting.
+    """
+    from django.conf import settings
+
+    if not settings.VIGIL_FOUR_EYES or user is None or not user.is_authenticated:
+        return ""
+    if action.proposed_by_id is not None and action.proposed_by_id == user.pk:
+        did = "added this action"
+    elif action.edited_by_id is not None and action.edited_by_id == user.pk:
+        did = "last changed this action's parameters"
+    else:
+        return ""
+    return f"Four eyes: you {did}, so another approver must approve it."
+
+
+def can_approve_action(user: Any, action: Any) -> bool:
+    """The approve permission, and four eyes (the state of the action is remediation's part)."""
+    return can_approve(user) and not four_eyes_refusal(user, action)

@@ -12,6 +12,7 @@ from django.http import HttpRequest
 from ninja import NinjaAPI
 from ninja.security import APIKeyHeader, django_auth
 
+from assistant.actions_api import router as actions_router
 from assistant.api import router as assistant_router
 from collectors.api import router as collectors_router
 from incidents.api import router as incidents_router
@@ -46,3 +47,4 @@ api = NinjaAPI(
 api.add_router("/", incidents_router)
 api.add_router("/", collectors_router)
 api.add_router("/", assistant_router)
+api.add_router("/", actions_router)

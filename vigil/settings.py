@@ -250,6 +250,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "assistant.tasks.sweep_narratives",
         "schedule": env_seconds("VIGIL_SWEEP_INTERVAL", 60),
     },
+    "actions": {
+        "task": "assistant.tasks.sweep_actions",
+        "schedule": env_seconds("VIGIL_SWEEP_INTERVAL", 60),
+    },
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("VIGIL_CELERY_EAGER", False)
 # Tests give each run its own queue so runs sharing one Redis never take each other's tasks.
@@ -321,3 +325,10 @@ VIGIL_LLM_DAILY_TOKEN_BUDGET = int(os.environ.get("VIGIL_LLM_DAILY_TOKEN_BUDGET"
 # USD per million tokens, for the cost shown beside each narrative (0: not priced).
 VIGIL_LLM_INPUT_COST_PER_MTOK = float(os.environ.get("VIGIL_LLM_INPUT_COST_PER_MTOK", "0"))
 VIGIL_LLM_OUTPUT_COST_PER_MTOK = float(os.environ.get("VIGIL_LLM_OUTPUT_COST_PER_MTOK", "0"))
+
+# Remediation (assistant/actions/, assistant/remediation.py). Four eyes: the approver must not be
+# whoever proposed, added or last edited the action (on by default in production).
+VIGIL_FOUR_EYES = env_bool("VIGIL_FOUR_EYES", not DEBUG)
+# An approval needs a dry run at most this old whose target has not changed since.
+VIGIL_ACTION_PREVIEW_TTL = timedelta(seconds=env_seconds("VIGIL_ACTION_PREVIEW_TTL", 15 * 60))
+VIGIL_ACTION_REQUEST_TIMEOUT = env_seconds("VIGIL_ACTION_REQUEST_TIMEOUT", 10)

@@ -87,10 +87,35 @@ def test_the_api_returns_the_latest_analysis_in_the_documented_shape(client_as, 
     assert analysis["review"]["status"] == "draft" and analysis["revision"] == 1
     assert analysis["hypotheses"][0]["category"] == "oom-killed"
     (action,) = analysis["actions"]
-    assert set(action) == {"id", "action", "target", "params", "status", "rationale"}
+    assert set(action) == {"id", "action", "target", "params", "status", "rationale"} | {
+        "preview",
+        "preview_error",
+        "decided",
+        "outcome",
+        "error",
+        "proposed_by",
+        "attempts",
+        "started_at",
+        "finished_at",
+    }
     assert action["status"] == "proposed"
     cited = analysis["hypotheses"][0]["evidence"]
     assert {e["id"] for e in body["evidence"]} >= set(cited)
+
+
+def test_a_re_analysis_supersedes_untouched_proposals_but_keeps_what_someone_acted_on(
+    client_as, incident, oom_rule
+):
+    first = engine.run_analysis(incident.pk)
+    acted = first.actions.get()
+    acted.status = "approved"
+    acted.save()
+    engine.run_analysis(incident.pk)  # the same proposal again, untouched, in the new analysis
+    engine.run_analysis(incident.pk)
+    body = client_as("viewer").get(f"/api/v1/incidents/{incident.pk}").json()
+    listed = [(a["id"], a["status"]) for a in body["analysis"]["actions"]]
+    newest = incident.analyses.first().actions.get()
+    assert listed == [(newest.pk, "proposed"), (acted.pk, "approved")]
 
 
 def test_the_page_shows_the_draft_and_links_citations_to_evidence_panels(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from assistant.models import Analysis
+from assistant.models import ActionProposal, Analysis
 from incidents.models import Incident
 from tests.incidents.payloads import firing, group, post
 
@@ -131,3 +131,185 @@ def test_the_webhook_refuses_user_api_keys(client, incident):
             headers={"Authorization": header},
         )
         assert response.status_code == 401
+
+
+# --- The action API (assistant/actions_api.py): one action per endpoint, in the state it needs ---
+
+ACTION_BODIES = {
+    "/api/v1/incidents/{id}/actions": {"action": "none", "params": {"steps": "Page the vendor."}},
+    "/api/v1/actions/{xid}/reject": {"reason": "not now"},
+    "/api/v1/actions/{xid}/cancel": {"reason": "fixed forward"},
+    "/api/v1/actions/{xid}/params": {"params": {"steps": "Restart by hand."}},
+}
+# (method, path template, expected status per persona in PERSONAS order)
+ACTION_API_MATRIX = [
+    ("post", "/api/v1/incidents/{id}/actions", (401, 403, 403, 201, 201)),
+    ("get", "/api/v1/actions/{xid}", (401, 403, 200, 200, 200)),
+    ("post", "/api/v1/actions/{xid}/params", (401, 403, 403, 200, 200)),
+    ("patch", "/api/v1/actions/{xid}/params", (401, 403, 403, 200, 200)),
+    ("post", "/api/v1/actions/{xid}/preview", (401, 403, 403, 200, 200)),
+    ("post", "/api/v1/actions/{xid}/approve", (401, 403, 403, 403, 200)),
+    ("post", "/api/v1/actions/{xid}/reject", (401, 403, 403, 403, 200)),
+    ("post", "/api/v1/actions/{xid}/cancel", (401, 403, 403, 403, 200)),
+    pytest.param(
+        "post",
+        "/api/v1/actions/{xid}/expire-silence",
+        (401, 403, 403, 200, 200),
+        marks=pytest.mark.e2e,  # a real Alertmanager holds the silence
+    ),
+]
+
+
+def _action_for(incident: Incident, path: str, request) -> ActionProposal:
+    """The assistant's proposal each endpoint acts on (none needs a cluster but expire-silence)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from assistant.actions import get
+
+    analysis = incident.analyses.get()
+    steps = {"steps": "Drain the queue, then restart chat-api."}
+    fields = {"incident": incident, "analysis": analysis, "action": "none", "params": steps}
+    if path.endswith(("/approve", "/cancel")):
+        preview = get("none").preview(None, steps, None)
+        fields.update(
+            status="previewed" if path.endswith("/approve") else "approved",
+            preview={
+                "summary": preview.summary,
+                "requests": [],
+                "diff": "",
+                "fingerprint": preview.fingerprint,
+            },
+            previewed_at=timezone.now(),
+        )
+    if path.endswith("/expire-silence"):
+        server = request.getfixturevalue("matrix_alertmanager")
+        incident.cluster.alertmanager_url = server.url
+        incident.cluster.save()
+        silence = server.http.post(
+            f"{server.url}/api/v2/silences",
+            json={
+                "matchers": [{"name": "alertname", "value": "KVCacheHigh", "isRegex": False}],
+                "startsAt": timezone.now().isoformat(),
+                "endsAt": (timezone.now() + timedelta(hours=1)).isoformat(),
+                "createdBy": "vigil:approver",
+                "comment": "matrix",
+            },
+            timeout=5,
+        ).json()
+        fields.update(
+            action="silence-alert",
+            params={"comment": "matrix"},
+            status="succeeded",
+            outcome={"ok": True, "result": {"silence_id": silence["silenceID"]}},
+        )
+    return ActionProposal.objects.create(**fields)
+
+
+@pytest.fixture
+def matrix_alertmanager(tmp_path):
+    from tests.e2e.alertmanager_server import running_alertmanager
+
+    with running_alertmanager(tmp_path, "http://127.0.0.1:9/hooks/alertmanager", "x") as server:
+        yield server
+
+
+def _actions_state(incident: Incident) -> list:
+    from assistant.models import ActionEvent
+
+    rows = ActionProposal.objects.filter(incident=incident).order_by("pk")
+    return [
+        list(rows.values_list("pk", "status", "params", "preview", "outcome")),
+        ActionEvent.objects.filter(incident=incident).count(),
+    ]
+
+
+@pytest.mark.parametrize(("method", "path", "expected"), ACTION_API_MATRIX)
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_action_api_access(client_as, incident, request, persona, method, path, expected):
+    action = _action_for(incident, path, request)
+    client = client_as(persona)
+    url = path.format(id=incident.pk, xid=action.pk)
+    before = _actions_state(incident)
+    if method == "get":
+        response = client.get(url)
+    else:
+        body = ACTION_BODIES.get(path, {})
+        response = getattr(client, method)(
+            url, data=json.dumps(body), content_type="application/json"
+        )
+    want = expected[PERSONAS.index(persona)]
+    assert response.status_code == want, f"{persona} {method.upper()} {url}: {response.content}"
+    if method != "get":
+        changed = _actions_state(incident) != before
+        allowed = want in (200, 201)
+        assert changed == allowed, f"{persona} {method.upper()} {url} changed something: {changed}"
+
+
+# --- The action pages (assistant/action_views.py): the same actions through the incident page ---
+
+ACTION_PAGE_BODIES = {
+    "/incidents/{id}/actions/new": {"action": "none", "params": '{"steps": "Page the vendor."}'},
+    "/incidents/{id}/actions/{xid}/params": {"params": '{"steps": "Restart by hand."}'},
+    "/incidents/{id}/actions/{xid}/reject": {"reason": "not now"},
+    "/incidents/{id}/actions/{xid}/cancel": {"reason": "fixed forward"},
+}
+# (method, path template, expected status per persona in PERSONAS order); a plain form post that
+# succeeds is redirected to the card (302), and a refused step keeps its status (403, 409).
+ACTION_PAGE_MATRIX = [
+    ("get", "/incidents/{id}/actions/{xid}", (LOGIN, 403, 200, 200, 200)),
+    ("get", "/incidents/{id}/actions/new", (LOGIN, 403, 403, 200, 200)),
+    ("get", "/incidents/{id}/actions/{xid}/params", (LOGIN, 403, 403, 200, 200)),
+    ("get", "/incidents/{id}/actions/{xid}/reject", (LOGIN, 403, 403, 403, 200)),
+    ("get", "/incidents/{id}/actions/{xid}/cancel", (LOGIN, 403, 403, 403, 200)),
+    ("get", "/incidents/{id}/audit", (LOGIN, 403, 200, 200, 200)),
+    ("get", "/audit/", (LOGIN, 403, 200, 200, 200)),
+    ("post", "/incidents/{id}/actions/new", (LOGIN, 403, 403, 302, 302)),
+    ("post", "/incidents/{id}/actions/{xid}/params", (LOGIN, 403, 403, 302, 302)),
+    ("post", "/incidents/{id}/actions/{xid}/preview", (LOGIN, 403, 403, 302, 302)),
+    ("post", "/incidents/{id}/actions/{xid}/approve", (LOGIN, 403, 403, 403, 302)),
+    ("post", "/incidents/{id}/actions/{xid}/reject", (LOGIN, 403, 403, 403, 302)),
+    ("post", "/incidents/{id}/actions/{xid}/cancel", (LOGIN, 403, 403, 403, 302)),
+    pytest.param(
+        "post",
+        "/incidents/{id}/actions/{xid}/expire-silence",
+        (LOGIN, 403, 403, 302, 302),
+        marks=pytest.mark.e2e,  # a real Alertmanager holds the silence
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "expected"), ACTION_PAGE_MATRIX)
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_action_page_access(client_as, incident, request, persona, method, path, expected):
+    action = _action_for(incident, path, request)
+    client = client_as(persona)
+    url = path.format(id=incident.pk, xid=action.pk)
+    before = _actions_state(incident)
+    if method == "get":
+        response = client.get(url)
+    else:
+        response = client.post(url, ACTION_PAGE_BODIES.get(path, {}))
+    want = expected[PERSONAS.index(persona)]
+    if want == LOGIN:
+        assert response.status_code == 302
+        assert "/login/" in response.url
+    else:
+        assert response.status_code == want, f"{persona} {method.upper()} {url}"
+    if method == "post":
+        changed = _actions_state(incident) != before
+        allowed = want == 302
+        assert changed == allowed, f"{persona} {method.upper()} {url} changed something: {changed}"
+
+
+def test_action_cards_show_buttons_only_to_those_allowed(client_as, incident):
+    action = _action_for(incident, "/incidents/{id}/actions/{xid}/approve", None)
+    page = f"/incidents/{incident.pk}/"
+    viewer = client_as("viewer").get(page).content.decode()
+    assert f'id="action-{action.pk}"' in viewer and "data-action=" not in viewer
+    responder = client_as("responder").get(page).content.decode()
+    assert 'data-action="preview-action"' in responder
+    assert 'data-action="approve-action"' not in responder
+    approver = client_as("approver").get(page).content.decode()
+    assert 'data-action="approve-action"' in approver

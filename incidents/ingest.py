@@ -388,6 +388,14 @@ def _roll_up(incident_ids: set[int], bumps: dict[int, dict], now: datetime) -> N
     """One update per incident: counters, severity; auto-resolve when no alert is firing."""
     if not incident_ids:
         return
+    # Count under the incidents' row locks (taken in pk order): a count read before waiting for
+    # a concurrent delivery's lock would miss its alerts and overwrite its correct count.
+    list(
+        Incident.objects.select_for_update()
+        .filter(pk__in=incident_ids)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
     firing = dict(
         Alert.objects.filter(incident_id__in=incident_ids, status=Alert.Status.FIRING)
         .values_list("incident_id")

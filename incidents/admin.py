@@ -8,7 +8,18 @@ from django.http import HttpRequest
 
 from .alertmanager import PayloadError
 from .ingest import process_delivery
-from .models import Alert, ApiToken, Cluster, Incident, Integration, TimelineEvent, WebhookDelivery
+from .models import (
+    Alert,
+    ApiToken,
+    Cluster,
+    Incident,
+    Integration,
+    SlackEventReceipt,
+    SlackMessage,
+    SlackThread,
+    TimelineEvent,
+    WebhookDelivery,
+)
 from .tokens import INTEGRATION_PREFIX, display_prefix, hash_secret, new_secret
 
 
@@ -132,3 +143,27 @@ class AlertAdmin(admin.ModelAdmin):
     list_filter = ["status"]
     search_fields = ["alertname", "fingerprint"]
     raw_id_fields = ["incident"]
+
+
+@admin.register(SlackThread)
+class SlackThreadAdmin(admin.ModelAdmin):
+    """Where each incident's Slack thread lives (channel + ts of the parent message)."""
+
+    list_display = ("incident", "channel", "ts")
+    search_fields = ("channel", "ts")
+    raw_id_fields = ("incident",)
+
+
+@admin.register(SlackMessage)
+class SlackMessageAdmin(admin.ModelAdmin):
+    """What was announced to Slack, and what failed: for answering "why did nobody get paged?"."""
+
+    list_display = ("incident", "event", "status", "channel", "ts")
+    list_filter = ("status",)
+    raw_id_fields = ("incident", "event")
+
+
+@admin.register(SlackEventReceipt)
+class SlackEventReceiptAdmin(admin.ModelAdmin):
+    list_display = ("event_id", "kind", "status")
+    list_filter = ("kind", "status")

@@ -34,6 +34,7 @@ from .models import (
     group_hash,
     severity_rank,
 )
+from .signals import announce_timeline_event
 
 logger = logging.getLogger(__name__)
 ACTOR = "alertmanager"
@@ -417,7 +418,7 @@ def _roll_up(incident_ids: set[int], bumps: dict[int, dict], now: datetime) -> N
         Incident.objects.filter(pk__in=resolved_ids).update(
             status=Incident.Status.RESOLVED, resolved_at=now
         )
-        TimelineEvent.objects.bulk_create(
+        resolved_events = TimelineEvent.objects.bulk_create(
             TimelineEvent(
                 incident_id=i,
                 at=now,
@@ -427,6 +428,9 @@ def _roll_up(incident_ids: set[int], bumps: dict[int, dict], now: datetime) -> N
             )
             for i in resolved_ids
         )
+        # bulk_create sends no post_save: announce the resolutions as a save would.
+        for event in resolved_events:
+            announce_timeline_event(TimelineEvent, event, created=True)
 
 
 def _collect_evidence_task():

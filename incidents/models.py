@@ -248,6 +248,7 @@ class TimelineEvent(models.Model):
         ACTION_RETRYING = "action_retrying"
         ACTION_FAILED = "action_failed"
         SILENCE_EXPIRED = "silence_expired"
+        SLACK_FAILED = "slack_failed"
         NOTE = "note"
 
     incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="timeline")
@@ -271,3 +272,94 @@ class TimelineEvent(models.Model):
     @property
     def anchor(self) -> str:
         return f"event-{self.pk}"
+
+
+class SlackThread(models.Model):
+    """An incident's place in Slack: its channel, its parent message, and who may send for it.
+
+    The parent message (posted for the first announcement) heads the thread every later update
+    goes into, and is updated to show the current status. `lease_until` is a short claim, not a
+    database lock held across HTTP calls: one task at a time sends an incident's messages, in
+    timeline order, so the parent always exists before its replies.
+    """
+
+    incident = models.OneToOneField(Incident, on_delete=models.CASCADE, related_name="slack_thread")
+    channel = models.CharField(
+        max_length=100, blank=True, help_text="Empty in webhook mode, or when no route matched."
+    )
+    ts = models.CharField(
+        max_length=40, blank=True, help_text="The parent message; empty until posted."
+    )
+    parent_event = models.ForeignKey(
+        TimelineEvent,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The event whose permalink the parent's button opens.",
+    )
+    shown = models.CharField(
+        max_length=64, blank=True, help_text="Digest of the parent as last posted or updated."
+    )
+    status = models.CharField(max_length=20, blank=True, help_text="The status the parent shows.")
+    error = models.TextField(blank=True, help_text="Why the parent could not be posted or updated.")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"slack thread {self.channel}/{self.ts or '-'} of incident {self.incident_id}"
+
+
+class SlackMessage(models.Model):
+    """What was sent to Slack for one timeline event: a redelivered task never posts it twice."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"
+        FAILED = "failed"
+        SKIPPED = "skipped"
+
+    event = models.OneToOneField(
+        TimelineEvent, on_delete=models.CASCADE, related_name="slack_message"
+    )
+    incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="slack_messages")
+    kind = models.CharField(max_length=30, help_text="Which announcement (slack.Announcement).")
+    channel = models.CharField(max_length=100, blank=True)
+    ts = models.CharField(max_length=40, blank=True)
+    thread_ts = models.CharField(max_length=40, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    retry_at = models.DateTimeField(
+        null=True, blank=True, help_text="Not to be tried again before (Retry-After, backoff)."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "created_at"], name="slack_message_status")]
+
+    def __str__(self) -> str:
+        return f"slack {self.kind} for event {self.event_id} ({self.status})"
+
+
+class SlackEventReceipt(models.Model):
+    """One Events API callback, by Slack's `event_id`: a retried delivery is answered, not redone."""
+
+    class Status(models.TextChoices):
+        RECEIVED = "received"
+        DONE = "done"
+        FAILED = "failed"
+
+    event_id = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=50)
+    payload = models.JSONField(default=dict, help_text="The event (Slack's inner `event` object).")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RECEIVED)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"slack {self.kind} {self.event_id} ({self.status})"

@@ -1,4 +1,4 @@
-"""Celery tasks of the incidents app: thin adapters around services, and the beat sweep."""
+"""Celery tasks of the incidents app: thin adapters around services, and the beat sweeps."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from vigil.celery import publish, reset_broker_backoff
 
+from . import slack, slack_events
 from .alertmanager import PayloadError
 from .ingest import process_delivery
 from .models import Incident, WebhookDelivery
@@ -79,3 +80,46 @@ def enqueue_missed_collections(limit: int = SWEEP_BATCH) -> int:
         if publish(collect_evidence, incident_id):
             count += 1
     return count
+
+
+# --- Slack (incidents/slack.py, incidents/slack_events.py) ---------------------------------------
+# The services say when to run again (SlackRetry: a rate limit's Retry-After, a backoff, or another
+# task holding the incident's lease) and bound their own attempts, so a retry storm cannot start
+# here; this cap only stops a task that keeps meeting a busy lease (the sweep takes over then).
+SLACK_TASK_RETRIES = 50
+
+
+@shared_task(
+    bind=True, acks_late=True, max_retries=SLACK_TASK_RETRIES, soft_time_limit=150, time_limit=180
+)
+def slack_announce(self, event_id: int) -> str:
+    """Announce a timeline event in Slack (and any earlier pending ones of its incident)."""
+    try:
+        return slack.announce(event_id, attempt=self.request.retries)
+    except slack.SlackRetry as exc:
+        if self.request.retries >= SLACK_TASK_RETRIES:
+            logger.warning("slack_announce(%s) gives up for now: %s", event_id, exc.reason)
+            return "later"
+        raise self.retry(countdown=exc.countdown) from None
+
+
+@shared_task(
+    bind=True, acks_late=True, max_retries=SLACK_TASK_RETRIES, soft_time_limit=60, time_limit=90
+)
+def slack_unfurl(self, receipt_id: int) -> str:
+    """Unfurl the Vigil links of one link_shared event."""
+    try:
+        return slack_events.unfurl(receipt_id, attempt=self.request.retries)
+    except slack.SlackRetry as exc:
+        if self.request.retries >= SLACK_TASK_RETRIES:
+            return "later"
+        raise self.retry(countdown=exc.countdown) from None
+
+
+@shared_task(acks_late=True, max_retries=0)
+def slack_sweep() -> dict[str, int]:
+    """Announcements no signal enqueued (bulk-created events) or whose task was lost; unfurls too."""
+    reset_broker_backoff()
+    announced = sum(publish(slack_announce, pk) for pk in slack.events_to_sweep())
+    unfurled = sum(publish(slack_unfurl, pk) for pk in slack_events.receipts_to_sweep())
+    return {"announcements": announced, "unfurls": unfurled}

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Max, Q
+from django.db.models import Count, Max, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HttpResponseClientRedirect, reswap, retarget
 
 from assistant.presentation import analysis_context
 from collectors.presentation import evidence_context
@@ -21,7 +28,7 @@ from .services import ACTIONS, TransitionError, allowed_actions, incident_transi
 LIST_PAGE_SIZE = 50
 ALERTS_PAGE_SIZE = 50
 RECENT_EVENTS = 20
-TIMELINE_PAGE_SIZE = 500
+TIMELINE_PAGE_SIZE = 200
 
 
 def _list_version() -> str:
@@ -71,8 +78,6 @@ def _known_severities() -> list[str]:
 
 
 def _query(**params: str) -> str:
-    from urllib.parse import urlencode
-
     return urlencode({k: v for k, v in params.items() if v})
 
 
@@ -175,36 +180,312 @@ def incident_action(request: HttpRequest, incident_id: int, action: str) -> Http
     return redirect(incident)
 
 
+# The timeline page. Events read oldest first; a page is TIMELINE_PAGE_SIZE events and the page
+# shown by default is the newest one, the only one that polls for new events.
+#
+# Filters: `?family=` (repeatable) picks families of kinds, `?kind=` (repeatable) exact kinds; both
+# together show the union, none shows everything. A permalinked event (`?event=<id>`) is always
+# shown, even when the filter hides its kind (marked as such), so a Slack link never lands on a
+# page without its event; the filter stays as it was.
+#
+# Live updates: the newest page carries a poller asking `?after=<newest id>&seen=<event count>
+# &first=<first id on the page>` with the same filters. The answer is 204 while nothing changed,
+# else the new events, each placed out-of-band right after its predecessor on the page (alert
+# events carry the alert's start time, so a new event is not always the last one), and a poller
+# with the new cursor. An event that appears below the cursor (a late commit) or a deletion makes
+# it re-render the list instead.
+
+_KIND_VALUE = re.compile(r"^[a-z0-9_]{1,40}$")
+
+
+@dataclass(frozen=True)
+class TimelineFamily:
+    key: str
+    label: str
+    prefixes: tuple[str, ...]
+
+
+# Kinds join a family by prefix, so new kinds land in theirs without a change here; a kind no
+# prefix claims (notes, notifications, anything new) is in the last, catch-all family.
+TIMELINE_FAMILIES = (
+    TimelineFamily("alerts", "Alerts", ("alert_", "silence_")),
+    TimelineFamily("status", "Status", ("incident_",)),
+    TimelineFamily("evidence", "Evidence", ("collection_", "evidence_")),
+    TimelineFamily("analysis", "Analysis & review", ("analysis_",)),
+    TimelineFamily("actions", "Actions", ("action_",)),
+    TimelineFamily("notes", "Notes & notifications", ()),
+)
+_FAMILIES = {family.key: family for family in TIMELINE_FAMILIES}
+_CLAIMED_PREFIXES = tuple(prefix for family in TIMELINE_FAMILIES for prefix in family.prefixes)
+
+
+def timeline_family(kind: str) -> str:
+    """The key of the family a timeline event kind belongs to."""
+    for family in TIMELINE_FAMILIES:
+        if family.prefixes and kind.startswith(family.prefixes):
+            return family.key
+    return TIMELINE_FAMILIES[-1].key
+
+
+def _prefixes_q(prefixes: tuple[str, ...]) -> Q:
+    q = Q()
+    for prefix in prefixes:
+        q |= Q(kind__startswith=prefix)
+    return q
+
+
+def _family_q(key: str) -> Q:
+    family = _FAMILIES[key]
+    if family.prefixes:
+        return _prefixes_q(family.prefixes)
+    return ~_prefixes_q(_CLAIMED_PREFIXES)
+
+
+@dataclass(frozen=True)
+class TimelineSelection:
+    """What the query string asks of the timeline: families, kinds, and the permalinked event."""
+
+    families: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    highlighted: int | None = None
+
+    @classmethod
+    def from_request(cls, request: HttpRequest) -> TimelineSelection:
+        asked = set(request.GET.getlist("family"))
+        families = tuple(f.key for f in TIMELINE_FAMILIES if f.key in asked)
+        kinds = tuple(dict.fromkeys(k for k in request.GET.getlist("kind") if _KIND_VALUE.match(k)))
+        if len(families) == len(TIMELINE_FAMILIES):  # every family is everything
+            families, kinds = (), ()
+        return cls(families, kinds, _id_param(request, "event"))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.families or self.kinds)
+
+    def matches(self, kind: str) -> bool:
+        return not self.active or kind in self.kinds or timeline_family(kind) in self.families
+
+    def apply(self, events):
+        if not self.active:
+            return events
+        q = Q(kind__in=self.kinds) if self.kinds else Q()
+        for key in self.families:
+            q |= _family_q(key)
+        if self.highlighted is not None:
+            q |= Q(pk=self.highlighted)
+        return events.filter(q)
+
+    def params(self, **extra: object) -> list[tuple[str, str]]:
+        """The query string's pairs for this selection (and `extra`, where not empty)."""
+        pairs = [("family", f) for f in self.families] + [("kind", k) for k in self.kinds]
+        if self.highlighted is not None:
+            pairs.append(("event", str(self.highlighted)))
+        pairs += [(key, str(value)) for key, value in extra.items() if value not in (None, "")]
+        return pairs
+
+
 @require_GET
-@login_required
+@vary_on_headers("HX-Request")
 def incident_timeline(request: HttpRequest, incident_id: int) -> HttpResponse:
+    if not request.user.is_authenticated:
+        return _login_then_event(request)
     incident = permissions.access_incident(request.user, incident_id)
-    kinds = [k for k in request.GET.getlist("kind") if k]
-    events = incident.timeline.all()
-    if kinds:
-        events = events.filter(kind__in=kinds)
-    highlighted = request.GET.get("event", "")
-    page_number = request.GET.get("page")
-    paginator = Paginator(events, TIMELINE_PAGE_SIZE)
-    if highlighted.isdigit() and page_number is None:
-        page_number = _page_holding(events, int(highlighted))
-    page = paginator.get_page(page_number)
-    context = {
-        "incident": incident,
-        "page": page,
-        "highlighted": int(highlighted) if highlighted.isdigit() else None,
-        "kinds": kinds,
-        "all_kinds": incident.timeline.model.Kind.choices,
-    }
-    if request.htmx:
+    selection = TimelineSelection.from_request(request)
+    partial = bool(request.htmx) and not request.htmx.history_restore_request
+    if partial and "after" in request.GET:
+        return _timeline_poll(request, incident, selection)
+    context = _timeline_context(incident, selection, request.GET.get("page"))
+    if partial:
         return render(request, "partials/timeline_events.html", context)
     return render(request, "incidents/timeline.html", context)
 
 
-def _page_holding(events, event_id: int) -> int:
+def _login_then_event(request: HttpRequest) -> HttpResponse:
+    """To the login page; back here afterwards with `#event-<id>`, so the browser scrolls to it.
+
+    The fragment of the link that brought the user here never reached the server; `?event=` did.
+    """
+    from django.contrib.auth.views import redirect_to_login
+
+    if request.htmx:
+        # A poll or a filter change after the session ran out: the whole page goes to the login
+        # page (and comes back to itself), rather than a login form inside the list.
+        path = request.htmx.current_url_abs_path or request.path
+        return HttpResponseClientRedirect(redirect_to_login(path).url)
+    path = request.get_full_path()
+    event = _id_param(request, "event")
+    if event is not None:
+        path += f"#event-{event}"
+    return redirect_to_login(path)
+
+
+def _timeline_cursor(incident: Incident) -> tuple[int, int]:
+    """(newest event id, number of events) of the whole timeline, in one query."""
+    state = incident.timeline.aggregate(top=Max("id"), total=Count("id"))
+    return state["top"] or 0, state["total"]
+
+
+def _timeline_context(
+    incident: Incident, selection: TimelineSelection, page_number: str | None, *, newest=False
+) -> dict:
+    top, total = _timeline_cursor(incident)
+    # Nothing newer than the cursor, so the next poll cannot bring an event twice.
+    events = selection.apply(incident.timeline.all()).filter(pk__lte=top)
+    paginator = Paginator(events, TIMELINE_PAGE_SIZE)
+    if newest or (page_number is None and selection.highlighted is None):
+        page_number = paginator.num_pages
+    elif page_number is None:
+        page_number = _page_holding(events, selection.highlighted) or paginator.num_pages
+    page = paginator.get_page(page_number)
+    items = list(page.object_list)
+    page.object_list = items
+    _decorate(items, None, selection)
+    live = page.number == paginator.num_pages
+    timeline_url = incident.get_timeline_url()
+    return {
+        "incident": incident,
+        "page": page,
+        "highlighted": selection.highlighted,
+        "selection": selection,
+        "families": [
+            {"key": f.key, "label": f.label, "checked": f.key in selection.families}
+            for f in TIMELINE_FAMILIES
+        ],
+        "kinds": [(k, _kind_label(k)) for k in selection.kinds],
+        "timeline_url": timeline_url,
+        "everything_url": _url(timeline_url, TimelineSelection(highlighted=selection.highlighted)),
+        "filter_query": urlencode(selection.params()),
+        "live": live,
+        "poll_url": _url(
+            timeline_url,
+            selection,
+            after=top,
+            seen=total,
+            first=items[0].pk if items else "",
+        )
+        if live
+        else "",
+        "fresh": [],
+    }
+
+
+def _kind_label(kind: str) -> str:
+    try:
+        return TimelineEvent.Kind(kind).label
+    except ValueError:
+        return kind
+
+
+def _url(path: str, selection: TimelineSelection, **extra: object) -> str:
+    query = urlencode(selection.params(**extra))
+    return f"{path}?{query}" if query else path
+
+
+def _decorate(events: list[TimelineEvent], before_at, selection: TimelineSelection) -> None:
+    """What the template shows besides the fields: the date only when it changes, the family,
+    the payload as JSON, and whether a permalinked event is one the filter would hide."""
+    previous_day = timezone.localtime(before_at).date() if before_at else None
+    for event in events:
+        day = timezone.localtime(event.at).date()
+        event.same_day = day == previous_day
+        previous_day = day
+        event.family = timeline_family(event.kind)
+        event.payload_json = (
+            json.dumps(event.payload, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+            if event.payload
+            else ""
+        )
+        event.outside_filter = not selection.matches(event.kind)
+
+
+def _page_holding(events, event_id: int) -> int | None:
     """The timeline page on which a permalinked event appears (events sort by time, then id)."""
     event = events.filter(pk=event_id).first()
     if event is None:
-        return 1
+        return None
     before = events.filter(Q(at__lt=event.at) | Q(at=event.at, pk__lt=event.pk)).count()
     return before // TIMELINE_PAGE_SIZE + 1
+
+
+def _id_param(request: HttpRequest, name: str) -> int | None:
+    """A non-negative integer from the query string (small enough for the database), or None."""
+    value = request.GET.get(name, "")
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None
+
+
+def _timeline_poll(
+    request: HttpRequest, incident: Incident, selection: TimelineSelection
+) -> HttpResponse:
+    """The newest page's poll: 204 while nothing changed, else the new events and a new cursor."""
+    after, seen, first = (_id_param(request, name) for name in ("after", "seen", "first"))
+    if after is None or seen is None:
+        return HttpResponse("after= and seen= are required", status=400)
+    state = incident.timeline.aggregate(
+        top=Max("id"), total=Count("id"), older=Count("id", filter=Q(pk__lte=after))
+    )
+    top, total = state["top"] or 0, state["total"]
+    if top == after and total == seen:
+        return HttpResponse(status=204)
+    if state["older"] != seen or top < after:
+        return _timeline_reset(request, incident, selection)
+    selected = selection.apply(incident.timeline.all())
+    new = list(selected.filter(pk__gt=after, pk__lte=top)[: TIMELINE_PAGE_SIZE + 1])
+    if len(new) > TIMELINE_PAGE_SIZE:
+        return _timeline_reset(request, incident, selection)
+    shown: list[tuple] = []
+    if first is not None and new:
+        first_event = selected.filter(pk=first, pk__lte=after).values_list("at", "pk").first()
+        if first_event is None:
+            return _timeline_reset(request, incident, selection)
+        # The events on the page (it runs from its first event to the end of the timeline).
+        shown = list(
+            selected.filter(pk__lte=after)
+            .filter(Q(at__gt=first_event[0]) | Q(at=first_event[0], pk__gte=first_event[1]))
+            .values_list("at", "pk")
+        )
+        # One that sorts before the page's first event belongs on an earlier page.
+        new = [event for event in new if (event.at, event.pk) > first_event]
+    fresh = _place(new, shown)
+    timeline_url = incident.get_timeline_url()
+    context = {
+        "incident": incident,
+        "highlighted": selection.highlighted,
+        "fresh": fresh,
+        "remove_empty": first is None and bool(fresh),
+        "live": True,
+        "poll_url": _url(
+            timeline_url,
+            selection,
+            after=top,
+            seen=total,
+            first=first if first is not None else (fresh[0].pk if fresh else ""),
+        ),
+    }
+    for event in fresh:
+        _decorate([event], event.before_at, selection)
+        event.fresh = True
+    return render(request, "partials/timeline_update.html", context)
+
+
+def _place(new: list[TimelineEvent], shown: list[tuple]) -> list[TimelineEvent]:
+    """Give each new event `after_id`, the id of the event it follows on the page (None: it
+    opens the list), and `before_at`, that event's time; in the order they are to be inserted."""
+    merged = sorted([(at, pk, None) for at, pk in shown] + [(e.at, e.pk, e) for e in new])
+    previous: tuple | None = None
+    placed = []
+    for at, pk, event in merged:
+        if event is not None:
+            event.after_id = previous[1] if previous else None
+            event.before_at = previous[0] if previous else None
+            placed.append(event)
+        previous = (at, pk)
+    return placed
+
+
+def _timeline_reset(
+    request: HttpRequest, incident: Incident, selection: TimelineSelection
+) -> HttpResponse:
+    """The poll's answer when appending cannot be trusted: the newest page, re-rendered."""
+    context = _timeline_context(incident, selection, None, newest=True)
+    response = render(request, "partials/timeline_events.html", context)
+    return reswap(retarget(response, "#timeline"), "outerHTML")

@@ -332,3 +332,58 @@ VIGIL_FOUR_EYES = env_bool("VIGIL_FOUR_EYES", not DEBUG)
 # An approval needs a dry run at most this old whose target has not changed since.
 VIGIL_ACTION_PREVIEW_TTL = timedelta(seconds=env_seconds("VIGIL_ACTION_PREVIEW_TTL", 15 * 60))
 VIGIL_ACTION_REQUEST_TIMEOUT = env_seconds("VIGIL_ACTION_REQUEST_TIMEOUT", 10)
+
+# Slack (incidents/slack.py, incidents/slack_events.py). With a bot token, each incident gets one
+# message in its channel and later updates go into its thread (the parent is updated with the
+# current status); with only an incoming-webhook URL, each announcement is a message of its own.
+# The bot token takes precedence when both are set. Links point at VIGIL_BASE_URL.
+VIGIL_SLACK_BOT_TOKEN = os.environ.get("VIGIL_SLACK_BOT_TOKEN", "").strip()
+VIGIL_SLACK_CHANNEL = os.environ.get("VIGIL_SLACK_CHANNEL", "").strip()
+VIGIL_SLACK_WEBHOOK_URL = os.environ.get("VIGIL_SLACK_WEBHOOK_URL", "").strip()
+VIGIL_SLACK_SIGNING_SECRET = os.environ.get("VIGIL_SLACK_SIGNING_SECRET", "").strip()
+# slack_sdk joins base URL and method name, so the base ends with a slash.
+VIGIL_SLACK_API_URL = (
+    os.environ.get("VIGIL_SLACK_API_URL", "").strip() or "https://slack.com/api/"
+).rstrip("/") + "/"
+
+
+def env_slack_routes(name: str) -> list[tuple[str, str, str]]:
+    """`label=value:channel` entries, comma-separated, as (label, value, channel), in order.
+
+    `namespace=llm:C0LLM,team=ml-platform:C0ML` sends incidents any of whose alerts has
+    namespace=llm to C0LLM, else those with team=ml-platform to C0ML, else to the default
+    channel. The channel is what follows the last colon, so values may contain colons.
+    """
+    raw = os.environ.get(name, "").strip()
+    routes: list[tuple[str, str, str]] = []
+    for entry in (item.strip() for item in raw.split(",")):
+        if not entry:
+            continue
+        matcher, colon, channel = entry.rpartition(":")
+        label, equals, value = matcher.partition("=")
+        label, value, channel = label.strip(), value.strip(), channel.strip()
+        if not (colon and equals and label and value and channel) or " " in channel:
+            raise ImproperlyConfigured(
+                f"{name}: {entry!r} is not label=value:channel "
+                "(e.g. namespace=llm:C0LLM,team=ml-platform:C0ML)"
+            )
+        routes.append((label, value, channel))
+    return routes
+
+
+VIGIL_SLACK_ROUTES = env_slack_routes("VIGIL_SLACK_ROUTES")
+# Channels whose link unfurls may show an incident's details (title, status, top hypothesis);
+# elsewhere an unfurl says only "Vigil incident #N". Empty: the channels configured above.
+# `*` allows every channel. Give channel IDs (C…): Slack's events name channels by ID.
+VIGIL_SLACK_UNFURL_CHANNELS = env_list("VIGIL_SLACK_UNFURL_CHANNELS")
+VIGIL_SLACK_TIMEOUT = env_seconds("VIGIL_SLACK_TIMEOUT", 10)
+# A message is tried this many times (rate limits, Slack or network trouble) before it is given up
+# and a slack_failed event says so on the timeline; waits back off, and follow Retry-After, capped.
+VIGIL_SLACK_MAX_ATTEMPTS = int(os.environ.get("VIGIL_SLACK_MAX_ATTEMPTS", "6"))
+VIGIL_SLACK_MAX_RETRY_WAIT = env_seconds("VIGIL_SLACK_MAX_RETRY_WAIT", 300)
+# Events older than this are not announced (the sweep's look-back, and a late-configured Slack).
+VIGIL_SLACK_MAX_AGE = timedelta(seconds=env_seconds("VIGIL_SLACK_MAX_AGE", 3600))
+CELERY_BEAT_SCHEDULE["slack"] = {
+    "task": "incidents.tasks.slack_sweep",
+    "schedule": env_seconds("VIGIL_SWEEP_INTERVAL", 60),
+}

@@ -313,3 +313,15 @@ def test_action_cards_show_buttons_only_to_those_allowed(client_as, incident):
     assert 'data-action="approve-action"' not in responder
     approver = client_as("approver").get(page).content.decode()
     assert 'data-action="approve-action"' in approver
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_slack_events_trust_the_signature_never_the_session(client_as, incident, persona, settings):
+    """`POST /slack/events` is Slack's: no role gets in without Slack's signature."""
+    settings.VIGIL_SLACK_SIGNING_SECRET = "matrix-signing-secret"
+    response = client_as(persona).post(
+        "/slack/events",
+        data=json.dumps({"type": "url_verification", "challenge": "c"}),
+        content_type="application/json",
+    )
+    assert response.status_code == 401

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-fast lint check-deploy clean
+.PHONY: install run test test-fast lint check-deploy clean bench bench-quick
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ test: install
 ## Everything but the browser and real-Alertmanager tests.
 test-fast: install
 	VIGIL_TESTING=1 $(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+## Issue 10's benchmarks on local PostgreSQL + Redis (throwaway databases), gunicorn and a real
+## worker: tables on stdout, JSON under bench-results/. `make bench BENCH_ARGS="ingest pages"`
+## runs some; BENCH_SCALE=0.1 shrinks sizes and durations (see bench/__main__.py for the rest).
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
+
+## The same at a tenth of the size: a couple of minutes, to try the harness.
+bench-quick: install
+	BENCH_SCALE=$${BENCH_SCALE:-0.1} $(PY) -m bench $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

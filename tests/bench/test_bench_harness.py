@@ -1,0 +1,167 @@
+"""`make bench` runs end to end at a tiny scale and writes valid JSON.
+
+Benchmarks measure; these tests never look at a timing. They check that every benchmark ran on
+real servers (PostgreSQL, Redis, gunicorn, a Celery worker), that the JSON has the machine, the
+results and a summary line per target, and that the throwaway databases are gone afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MACHINE_KEYS = {"date", "cpu_model", "cores", "ram_gib", "kernel", "python", "postgresql"}
+
+
+def _servers() -> tuple[str, str]:
+    """The suite's own PostgreSQL and Redis (as .ci/run sets them), without database names."""
+    database = os.environ.get("DATABASE_URL", "")
+    broker = os.environ.get("CELERY_BROKER_URL", "")
+    if not database.startswith(("postgres://", "postgresql://")) or not broker.startswith(
+        "redis://"
+    ):
+        pytest.skip("the benchmarks need PostgreSQL and Redis (DATABASE_URL, CELERY_BROKER_URL)")
+    db = urlsplit(database)
+    redis = urlsplit(broker)
+    return f"{db.scheme}://{db.netloc}", f"{redis.scheme}://{redis.netloc}"
+
+
+def _run_bench(tmp_path: Path, *names: str, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
+    pg_url, redis_url = _servers()
+    out = tmp_path / "results"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", *names, "--scale", "0.01", "--out", str(out)],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "BENCH_PG_URL": pg_url,
+            "BENCH_REDIS_URL": redis_url,
+            "BENCH_SCENARIOS": "scenarios/01-bad-deploy.yaml",
+            "BENCH_ANALYSIS_WARMUP": "0",
+            "BENCH_PAGES_REQUESTS": "2",
+            "BENCH_STORM_SETTLE": "20",
+            "BENCH_PROFILE_REQUESTS": "5",
+            # Fewer processes start faster; the harness is what is tested here.
+            "BENCH_GUNICORN_WORKERS": "2",
+            "BENCH_CELERY_CONCURRENCY": "2",
+            # Re-collection is debounced 30 s by default; the storm waits for it to settle.
+            "VIGIL_COLLECT_DEBOUNCE": "1",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, completed.stdout[-6000:] + completed.stderr[-3000:]
+    latest = out / "latest.json"
+    document = json.loads(latest.read_text())
+    assert (out / f"bench-{document['run_id']}.json").exists()
+    return completed, document
+
+
+def _databases_left(run_id: str) -> list[str]:
+    import psycopg
+
+    pg_url, _ = _servers()
+    with psycopg.connect(f"{pg_url}/postgres", autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", [f"vigil_bench_%{run_id}"]
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_every_benchmark_runs_and_writes_json(tmp_path):
+    completed, document = _run_bench(tmp_path)
+
+    assert set(document["machine"]) >= MACHINE_KEYS
+    assert document["scale"] == 0.01
+    results = document["results"]
+    assert set(results) == {"ingest", "storm", "analysis", "pages", "llm", "memory"}
+    # Every figure the summary compares with a target is there, with a yes/no.
+    summary = document["summary"]
+    benchmarks = {line["benchmark"].split()[0] for line in summary}
+    assert benchmarks == {"1", "2", "3", "4", "5", "6"}
+    for line in summary:
+        assert set(line) == {"benchmark", "figure", "value", "target", "met"}
+        assert line["met"] in (True, False)
+
+    ingest = results["ingest"]
+    assert set(ingest["cases"]) == {"ceiling", "a", "b", "c"}
+    for case in ingest["cases"].values():
+        assert case["requests"] > 0
+        assert {"p50", "p95", "p99"} <= set(case["latency_ms"])
+    assert ingest["gunicorn"]["workers"] >= 1
+    # Real servers took part: their processes were sampled for benchmark 6.
+    roles = {p["role"] for p in results["memory"]["processes"]}
+    assert {"gunicorn child", "celery child"} <= roles
+
+    assert results["storm"]["notifications"] > 0
+    assert results["storm"]["incidents"] >= 1
+    assert [s["scenario"] for s in results["analysis"]["scenarios"]] == ["01-bad-deploy"]
+    assert [s["scenario"] for s in results["llm"]["scenarios"]] == ["01-bad-deploy"]
+    assert len(results["pages"]["steps"]) == 2
+    for step in results["pages"]["steps"]:
+        assert step["pages"]["list"]["queries"] > 0
+
+    for title in ("1. Webhook ingestion", "2. Alert storm", "3. Time to analysis", "Summary"):
+        assert title in completed.stdout
+    assert _databases_left(document["run_id"]) == []
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="without wrk the asyncio client ran above")
+def test_ingest_with_the_asyncio_client(tmp_path):
+    _, document = _run_bench(tmp_path, "ingest", BENCH_CLIENT="asyncio")
+
+    ingest = document["results"]["ingest"]
+    assert ingest["client"] == "asyncio"
+    assert all(case["requests"] > 0 for case in ingest["cases"].values())
+    assert all(case["client_cpu_s"] >= 0 for case in ingest["cases"].values())
+
+
+def test_the_storm_plan_paces_every_group_over_the_window():
+    from bench.storm import NOTIFICATIONS, plan
+
+    schedule = plan(groups=4, per_group=20, seconds=6.0, mode="cumulative")
+
+    assert len(schedule) == 4 * NOTIFICATIONS
+    assert all(0 <= at < 6.0 for at, _, _, _ in schedule)
+    assert [at for at, _, _, _ in schedule] == sorted(at for at, _, _, _ in schedule)
+    assert sum(new for _, _, _, new in schedule) == 80
+    last = [json.loads(body) for _, group, body, _ in schedule if group == 0][-1]
+    # As Alertmanager does: a group's notification carries all of its alerts so far.
+    assert len(last["alerts"]) == 20
+    assert len({a["fingerprint"] for a in last["alerts"]}) == 20
+
+
+def test_generated_bodies_carry_new_fingerprints_on_every_request():
+    from datetime import UTC, datetime
+
+    from bench.ingest import bulk_template, single_template
+
+    now = datetime.now(UTC)
+    single = single_template("a", now)
+    bodies = [json.loads(single.body(w, n)) for w in range(2) for n in range(50)]
+    assert len({b["alerts"][0]["fingerprint"] for b in bodies}) == 100
+    assert len({b["groupKey"] for b in bodies}) == 50
+
+    bulk = json.loads(bulk_template("c", now).body(0, 1))
+    assert len({a["fingerprint"] for a in bulk["alerts"]}) == 50
+    assert "@" not in json.dumps(bulk)
+
+
+def test_percentiles_are_nearest_rank():
+    from bench.common import latency_summary, percentile
+
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile([], 95) is None
+    assert latency_summary([0.001, 0.002])["p50"] == 1.0

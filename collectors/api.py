@@ -2,6 +2,18 @@
 
 `POST /api/v1/deploys`: change events from CI/CD (`deploy`); `POST /api/v1/gpu-snapshots`: what
 the NVML node agent read (`agent`).
+
+Both are idempotent where the sender names the moment: a deploy with `at` that is already
+recorded (every field the same) and a snapshot of a node with a `taken_at` already stored answer
+200 with the stored one instead of 201 with a copy, so a sender retrying after a timeout records
+nothing twice. Without a time, each request is a new event "now".
+
+Free text (a deploy's description, url and author) is redacted (collectors.redaction) before it is
+stored: CI systems paste URLs with tokens in them.
+
+Times that are not representable in UTC (9999-12-31T23:59:59-23:59) are refused naming the
+field (422), never a 500; NUL characters, which PostgreSQL cannot store, are refused with 400
+before the view (vigil/middleware.py).
 """
 
 from __future__ import annotations
@@ -13,12 +25,13 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Field, Router, Schema, Status
 from ninja.security import HttpBearer
-from pydantic import StringConstraints, field_validator
+from pydantic import AfterValidator, StringConstraints, field_validator
 
 from incidents.hooks import authenticate_integration
 from incidents.models import Integration
 
 from .models import DeployEvent, GpuSnapshot
+from .redaction import redact_text
 
 
 class IntegrationBearer(HttpBearer):
@@ -38,6 +51,23 @@ def aware_or_now(moment: datetime | None) -> datetime:
     return timezone.make_aware(moment, UTC) if timezone.is_naive(moment) else moment
 
 
+def _in_utc(moment: datetime) -> datetime:
+    """Aware times as UTC (naive ones are UTC already, see aware_or_now)."""
+    if timezone.is_naive(moment):
+        return moment
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("is out of range once converted to UTC") from exc
+
+
+Moment = Annotated[datetime, AfterValidator(_in_utc)]
+
+
+def _redacted(text: str | None) -> str:
+    return redact_text(text or "")[0]
+
+
 router = Router(tags=["deploys"])
 
 
@@ -47,7 +77,7 @@ class DeployIn(Schema):
     version: str = Field(min_length=1, max_length=500)
     previous_version: str | None = Field(None, max_length=500)
     model: str | None = Field(None, max_length=500)
-    at: datetime | None = Field(None, description="RFC 3339; default now")
+    at: Moment | None = Field(None, description="RFC 3339; default now")
     author: str | None = Field(None, max_length=200)
     description: str | None = Field(None, max_length=10000)
     url: str | None = Field(None, max_length=2000)
@@ -62,26 +92,33 @@ class DeployOut(Schema):
     at: datetime
 
 
-@router.post("/deploys", response={201: DeployOut}, auth=IntegrationBearer(Integration.Kind.DEPLOY))
+@router.post(
+    "/deploys",
+    response={200: DeployOut, 201: DeployOut},
+    auth=IntegrationBearer(Integration.Kind.DEPLOY),
+)
 def create_deploy(request: HttpRequest, body: DeployIn) -> Status:
-    """Record a rollout so the assistant can line it up against the symptoms."""
+    """Record a rollout so the assistant can line it up against the symptoms (201); the same
+    event with the same `at` again answers 200 with the stored one."""
     integration: Integration = request.auth
-    at = aware_or_now(body.at)
-    event = DeployEvent.objects.create(
-        cluster=integration.cluster,
-        integration=integration,
-        service=body.service,
-        namespace=body.namespace or "",
-        version=body.version,
-        previous_version=body.previous_version or "",
-        model=body.model or "",
-        at=at,
-        author=body.author or "",
-        description=body.description or "",
-        url=body.url or "",
-    )
+    fields = {
+        "cluster": integration.cluster,
+        "service": body.service,
+        "namespace": body.namespace or "",
+        "version": body.version,
+        "previous_version": body.previous_version or "",
+        "model": body.model or "",
+        "at": aware_or_now(body.at),
+        "author": _redacted(body.author)[:200],
+        "description": _redacted(body.description),
+        "url": _redacted(body.url)[:2000],
+    }
+    event = DeployEvent.objects.filter(**fields).first() if body.at else None
+    created = event is None
+    if created:
+        event = DeployEvent.objects.create(integration=integration, **fields)
     return Status(
-        201,
+        201 if created else 200,
         {
             "id": event.pk,
             "cluster": integration.cluster.name,
@@ -103,7 +140,7 @@ UINT64 = 2**64 - 1
 
 class XidEventIn(Schema):
     code: int = Field(ge=0, le=100_000, description="Xid number (reference §3.1)")
-    at: datetime = Field(description="When the agent received the event (RFC 3339)")
+    at: Moment = Field(description="When the agent received the event (RFC 3339)")
 
 
 class GpuIn(Schema):
@@ -144,7 +181,7 @@ class GpuIn(Schema):
 
 class GpuSnapshotIn(Schema):
     node: str = Field(min_length=1, max_length=253, description="Kubernetes Node name")
-    taken_at: datetime | None = Field(None, description="RFC 3339; default now")
+    taken_at: Moment | None = Field(None, description="RFC 3339; default now")
     gpus: list[GpuIn] = Field(max_length=MAX_GPUS)
     driver_version: str | None = Field(None, max_length=80)
     cuda_version: str | None = Field(None, max_length=20)
@@ -170,14 +207,21 @@ class GpuSnapshotOut(Schema):
 
 @router.post(
     "/gpu-snapshots",
-    response={201: GpuSnapshotOut},
+    response={200: GpuSnapshotOut, 201: GpuSnapshotOut},
     auth=IntegrationBearer(Integration.Kind.AGENT),
     tags=["gpu"],
 )
 def create_gpu_snapshot(request: HttpRequest, body: GpuSnapshotIn) -> Status:
-    """Keep a node's NVML reading so GPU hypotheses can cite Xids, ECC and throttling."""
+    """Keep a node's NVML reading so GPU hypotheses can cite Xids, ECC and throttling (201); a
+    reading of the node with the same `taken_at` again answers 200 with the stored one."""
     integration: Integration = request.auth
     taken_at = aware_or_now(body.taken_at)
+    if body.taken_at:
+        stored = GpuSnapshot.objects.filter(
+            cluster=integration.cluster, node=body.node, taken_at=taken_at
+        ).first()
+        if stored is not None:
+            return Status(200, {"id": stored.pk, "node": stored.node, "gpus": stored.gpu_count})
     snapshot = GpuSnapshot.objects.create(
         cluster=integration.cluster,
         integration=integration,

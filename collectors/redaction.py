@@ -398,6 +398,8 @@ _TOKEN = re.compile(
     r"|vg[ik]_[A-Za-z0-9_\-]{16,}"
     # npm automation tokens.
     r"|npm_[A-Za-z0-9]{36}"
+    # HashiCorp Vault service, batch and recovery tokens (hvs./hvb./hvr. + base62).
+    r"|hv[sbr]\.[A-Za-z0-9_\-]{24,}"
     # JWTs: base64url JSON header and payload (both start with eyJ = '{"'), signature possibly
     # empty (alg=none tokens are still credentials to a careless verifier).
     r"|eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"
@@ -426,6 +428,9 @@ _TOKEN_TRIGGERS = (
     "vgi_",
     "vgk_",
     "npm_",
+    "hvs.",
+    "hvb.",
+    "hvr.",
     "eyj",
 )
 _KEY_TRIGGERS = (
@@ -448,34 +453,47 @@ _KEY_TRIGGERS = (
 # --------------------------------------------------------------------------------------------
 
 
+# Short strings found to hold no secret, remembered per process: alert labels and annotations
+# repeat on every notification (a storm re-sends the same ones thousands of times). Only clean
+# strings are kept, so the set never holds a secret; it is cleared when full.
+_CLEAN: dict[str, None] = {}
+_CLEAN_MAX_ENTRIES = 8192
+_CLEAN_MAX_LENGTH = 512
+
+
 def redact_text(text: str) -> tuple[str, int]:
     """The text with every secret replaced by REDACTED, and how many replacements were made.
 
     Rules run from the most structural (PEM blocks, URLs, key/value pairs) to the most local
     (token prefixes), so a secret is replaced once, by the rule that keeps the most context.
     """
-    if not text:
+    if not text or text in _CLEAN:
         return text, 0
     lower = text.lower()
+    if _ANY_TRIGGER.search(lower) is None:
+        # No rule's trigger is in the text, so no rule would run (the common case).
+        _remember_clean(text)
+        return text, 0
+    redacted, total = _redact_text(text, lower)
+    if not total and redacted == text:
+        _remember_clean(text)
+    return redacted, total
+
+
+def _remember_clean(text: str) -> None:
+    if len(text) <= _CLEAN_MAX_LENGTH:
+        if len(_CLEAN) >= _CLEAN_MAX_ENTRIES:
+            _CLEAN.clear()
+        _CLEAN[text] = None
+
+
+def _redact_text(text: str, lower: str) -> tuple[str, int]:
+    """Each rule of _RULES whose trigger is in the text (`lower`: the text in lower case)."""
     total = 0
-
-    def apply(rule: Callable[[str], tuple[str, int]], *triggers: str) -> None:
-        nonlocal text, total
-        if triggers and not any(t in lower for t in triggers):
-            return
-        text, n = rule(text)
-        total += n
-
-    apply(_redact_pem, "private key")
-    apply(_redact_url_passwords, "://")
-    apply(_redact_curl_user, "-u")
-    apply(_redact_webhooks, "hooks.slack.com", "/api/webhooks/")
-    apply(_redact_env_pairs, "value")
-    apply(_redact_key_values, *_KEY_TRIGGERS)
-    apply(_redact_flags, *_KEY_TRIGGERS)
-    apply(_redact_bearer, "bearer")
-    apply(_redact_basic, "basic")
-    apply(_redact_tokens, *_TOKEN_TRIGGERS)
+    for rule, triggers in _RULES:
+        if any(t in lower for t in triggers):
+            text, n = rule(text)
+            total += n
     return text, total
 
 
@@ -719,6 +737,24 @@ def _redact_flags(text: str) -> tuple[str, int]:
 #   projected sources[].secret: {name, items, optional}
 #   projected sources[].serviceAccountToken: {path, expirationSeconds, audience}
 #   imagePullSecrets / ServiceAccount.secrets: [{name}] (ObjectReference)
+# The text rules in the order they run, each with the lower-case substrings that must be in the
+# text for it to be worth running.
+_RULES: tuple[tuple[Callable[[str], tuple[str, int]], tuple[str, ...]], ...] = (
+    (_redact_pem, ("private key",)),
+    (_redact_url_passwords, ("://",)),
+    (_redact_curl_user, ("-u",)),
+    (_redact_webhooks, ("hooks.slack.com", "/api/webhooks/")),
+    (_redact_env_pairs, ("value",)),
+    (_redact_key_values, _KEY_TRIGGERS),
+    (_redact_flags, _KEY_TRIGGERS),
+    (_redact_bearer, ("bearer",)),
+    (_redact_basic, ("basic",)),
+    (_redact_tokens, _TOKEN_TRIGGERS),
+)
+# Any trigger at all, in one scan: most strings contain none, and then no rule runs.
+_ANY_TRIGGER = re.compile("|".join(sorted({re.escape(t) for _, ts in _RULES for t in ts})))
+
+
 _REFERENCE_SHAPES: dict[str, frozenset[str]] = {
     "secret": frozenset({"secretName", "secret_name", "name", "items", "defaultMode", "optional"}),
     "serviceAccountToken": frozenset({"path", "expirationSeconds", "audience"}),

@@ -1,16 +1,42 @@
-"""Alertmanager webhook payload (version 4): parsing and validation, with errors that name the field."""
+"""Alertmanager webhook payload (version 4): parsing and validation, with errors that name the field.
+
+`parse_notification` either returns a notification or raises PayloadError (naming the field):
+no other exception comes out of it, whatever the bytes (tests/security/test_parsers.py).
+
+What it returns is safe to store and to show:
+* NUL characters (valid JSON as `\u0000`, refused by PostgreSQL in text and jsonb) become
+  U+FFFD, so a label value cannot make the insert fail and the delivery a poison pill the sweep
+  retries forever;
+* secrets are redacted (collectors.redaction) in every label and annotation value, the common
+  and group labels, the groupKey and the URLs. Alertmanager sends what the rule and the alert's
+  labels say, and a DSN with its password in a `description`, or a blackbox target
+  `instance="https://user:pass@host"`, would otherwise reach the incident page, Slack and the
+  LLM prompt. The alert's identity is its `fingerprint` (computed by Alertmanager from the real
+  labels) and `startsAt`, so redaction changes no instance's identity. The cost: a silence
+  proposed from a redacted label value cannot match it (such a label cannot be matched on from
+  Vigil).
+
+`scrub_body` redacts the raw body the same way before the hook stores it, so the delivery kept
+for reprocessing holds no secret either (tests/security/test_redaction_pipeline.py).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from collectors.redaction import redact, redact_text
+
+logger = logging.getLogger(__name__)
 GO_ZERO_TIME_YEAR = 1
 _FRACTION = re.compile(r"(\.\d{6})\d+")
+NUL = "\x00"
+REPLACEMENT = "\ufffd"
 
 
 class PayloadError(ValueError):
@@ -39,7 +65,16 @@ def parse_time(value: object) -> datetime | None:
         raise ValueError(f"{value!r} has no time zone")
     if parsed.year <= GO_ZERO_TIME_YEAR:
         return None
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # 9999-12-31T23:59:59-23:59 is after year 9999 in UTC
+        raise ValueError(f"{value!r} is out of range") from exc
+
+
+def web_link(value: str) -> str:
+    """`value` if it is an http(s) URL, else "": the page links to it (a `javascript:` link would
+    be script in the page, were it not for the CSP), and dropping a bad link loses no alert."""
+    return value if re.match(r"https?://", value.strip(), re.IGNORECASE) else ""
 
 
 class _Strict(BaseModel):
@@ -59,6 +94,11 @@ class AlertmanagerAlert(_Strict):
     @classmethod
     def _rfc3339(cls, value: object) -> datetime | None:
         return parse_time(value)
+
+    @field_validator("generatorURL")
+    @classmethod
+    def _web_link(cls, value: str) -> str:
+        return web_link(value)
 
     @field_validator("startsAt")
     @classmethod
@@ -91,6 +131,11 @@ class AlertmanagerNotification(_Strict):
     externalURL: str = ""
     alerts: list[AlertmanagerAlert]
 
+    @field_validator("externalURL")
+    @classmethod
+    def _web_link(cls, value: str) -> str:
+        return web_link(value)
+
 
 def _field_path(location: tuple) -> str:
     path = ""
@@ -99,16 +144,114 @@ def _field_path(location: tuple) -> str:
     return path
 
 
-def parse_notification(body: bytes) -> AlertmanagerNotification:
-    """Decode and validate a webhook body, or raise PayloadError naming the first bad field."""
+def _without_nul(value: Any) -> Any:
+    """`value` with every NUL in its strings (keys included) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.replace(NUL, REPLACEMENT)
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def _decode(body: bytes) -> Any:
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadError("", f"body is not valid JSON ({exc})") from exc
+    except RecursionError as exc:  # nesting deeper than the decoder's recursion limit
+        raise PayloadError("", "body is not valid JSON (nested too deeply)") from exc
+    if b"\\u0000" in body:  # JSON carries NUL only escaped; raw control characters are refused
+        data = _without_nul(data)
+    return data
+
+
+def _redacted(notification: AlertmanagerNotification) -> AlertmanagerNotification:
+    """The notification with secrets redacted from every value a person or the LLM reads."""
+
+    def values(mapping: dict[str, str]) -> dict[str, str]:
+        redacted, count = redact(mapping)
+        return redacted if count else mapping
+
+    def text(value: str) -> str:
+        return redact_text(value)[0]
+
+    def updated(model, update: dict):
+        """`model` itself when nothing changed (the common case: copies cost), else a copy."""
+        changed = {k: v for k, v in update.items() if v is not getattr(model, k)}
+        return model.model_copy(update=changed) if changed else model
+
+    alerts = [
+        updated(
+            alert,
+            {
+                "labels": values(alert.labels),
+                "annotations": values(alert.annotations),
+                "generatorURL": text(alert.generatorURL),
+            },
+        )
+        for alert in notification.alerts
+    ]
+    if all(a is b for a, b in zip(alerts, notification.alerts, strict=True)):
+        alerts = notification.alerts
+    return updated(
+        notification,
+        {
+            "groupKey": text(notification.groupKey),
+            "groupLabels": values(notification.groupLabels),
+            "commonLabels": values(notification.commonLabels),
+            "commonAnnotations": values(notification.commonAnnotations),
+            "externalURL": text(notification.externalURL),
+            "receiver": text(notification.receiver),
+            "alerts": alerts,
+        },
+    )
+
+
+def parse_notification(body: bytes, *, scrubbed: bool = False) -> AlertmanagerNotification:
+    """Decode and validate a webhook body, or raise PayloadError naming the first bad field.
+
+    `scrubbed`: the body is what `scrub` just returned as scrubbed, so its secrets are gone and
+    a second pass would find nothing (redaction is idempotent): it is skipped. The hook passes
+    it for the body it has just stored; a body read back from the database is redacted again
+    (it may have been stored before scrubbing existed).
+    """
+    data = _decode(body)
     if not isinstance(data, dict):
         raise PayloadError("", "body must be a JSON object (an Alertmanager v4 notification)")
     try:
-        return AlertmanagerNotification.model_validate(data)
+        notification = AlertmanagerNotification.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise PayloadError(_field_path(first["loc"]), first["msg"]) from exc
+    return notification if scrubbed else _redacted(notification)
+
+
+def scrub_body(body: bytes) -> bytes:
+    """The body with secrets redacted, to be stored instead of the raw one (see the module doc).
+
+    A JSON body is redacted as data and re-serialised only if something was redacted (a body
+    without secrets is stored byte for byte); anything else is redacted as text, its bytes kept
+    (undecodable ones included). Never raises: a body that cannot be scrubbed is stored as it
+    came, so that nothing is lost.
+    """
+    return scrub(body)[0]
+
+
+def scrub(body: bytes) -> tuple[bytes, bool]:
+    """scrub_body's answer, and whether it is scrubbed (False when scrubbing failed)."""
+    try:
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            text = body.decode("utf-8", "surrogateescape")
+            redacted, count = redact_text(text)
+            return (redacted.encode("utf-8", "surrogateescape") if count else body), True
+        redacted, count = redact(data)
+        if not count:
+            return body, True
+        return json.dumps(redacted, ensure_ascii=False).encode("utf-8", "surrogatepass"), True
+    except Exception:
+        logger.exception("could not scrub a webhook body; storing it as received")
+        return body, False

@@ -122,7 +122,8 @@ class IncidentFilters(Schema):
     status: Literal["open", "acknowledged", "mitigated", "resolved"] | None = None
     severity: str | None = None
     label: list[str] = Field(default_factory=list, description="key:value, repeatable, ANDed")
-    page: int = Field(1, ge=1)
+    # Bounded so the offset fits the database's integers (a page past 64 bits was a 500).
+    page: int = Field(1, ge=1, le=1_000_000)
     page_size: int = Field(50, ge=1, le=200)
 
 

@@ -9,6 +9,7 @@ from django.views.generic import RedirectView
 
 from incidents.hooks import alertmanager_hook, healthz
 from incidents.slack_events import slack_events
+from incidents.throttle import throttled_login
 from vigil.api import api
 
 urlpatterns = [
@@ -19,8 +20,10 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("slack/events", slack_events, name="slack-events"),
     path("api/v1/", api.urls),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    # Both logins are throttled (incidents/throttle.py): 429 after too many failures.
+    path("accounts/login/", throttled_login(auth_views.LoginView.as_view()), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/login/", throttled_login(admin.site.login)),
     path("admin/", admin.site.urls),
     path("", include("assistant.urls")),
     path("", include("incidents.urls")),

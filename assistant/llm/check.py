@@ -10,8 +10,10 @@ unchecked:
   (category, entity), at most 5;
 * proposals: the action must be in the catalogue, its target of the kind the action takes and
   one of this incident's entities (namespace included), its parameters typed and in range
-  (unknown ones removed, a bad value drops the proposal); one per (action, target), at most 5;
-  when none survives, the rules' proposals stand;
+  (unknown ones removed, a bad value drops the proposal); a silence's matchers are equalities
+  taken from one of the incident's alerts and include its alertname (and namespace), so it is
+  no wider than the incident; one per (action, target), at most 5; when none survives, the
+  rules' proposals stand;
 * text: citations of evidence ids that do not exist are removed from the summary, explanations
   and rationales.
 
@@ -365,8 +367,17 @@ def _matchers(value: Any, facts: Facts) -> list[dict[str, Any]]:
         if m.get("isRegex") or m.get("isEqual") is False:
             raise BadParam("only equality matchers may be proposed")
         pairs[str(m.get("name", "")).strip()] = str(m.get("value", ""))
-    if not any(all(a.labels.get(k) == v for k, v in pairs.items()) for a in facts.alerts):
+    selected = [a for a in facts.alerts if all(a.labels.get(k) == v for k, v in pairs.items())]
+    if not selected:
         raise BadParam("the matchers do not select an alert of this incident")
+    # Matching one of the incident's alerts is not enough: {severity="critical"} does, and would
+    # silence every critical alert of the cluster. The alert's name (and its namespace, when it
+    # has one) keep the silence to what this incident is about.
+    shown = ", ".join(f"{k}={v}" for k, v in pairs.items())
+    if "alertname" not in pairs:
+        raise BadParam(f"{{{shown}}} is wider than this incident: name the alertname")
+    if "namespace" not in pairs and any(a.labels.get("namespace") for a in selected):
+        raise BadParam(f"{{{shown}}} is wider than this incident: name the namespace")
     return [{"name": k, "value": v, "isRegex": False, "isEqual": True} for k, v in pairs.items()]
 
 

@@ -70,7 +70,7 @@ def test_every_catalogue_parameter_has_a_check():
         ),
         (
             "silence-alert",
-            {"matchers": '{alertname="ChatApiHighErrorRate"}', "duration": "30m"},
+            {"matchers": '{alertname="ChatApiHighErrorRate", namespace="llm"}', "duration": "30m"},
             {
                 "matchers": [
                     {
@@ -78,7 +78,8 @@ def test_every_catalogue_parameter_has_a_check():
                         "value": "ChatApiHighErrorRate",
                         "isRegex": False,
                         "isEqual": True,
-                    }
+                    },
+                    {"name": "namespace", "value": "llm", "isRegex": False, "isEqual": True},
                 ],
                 "duration": "30m",
             },
@@ -111,6 +112,9 @@ def test_parameters_are_converted_to_their_types(facts, action, values, expected
         ("patch-resources", {"limits": "{}"}, "no resources given"),
         ("silence-alert", {"matchers": '{"namespace": "prod"}'}, "do not select an alert"),
         ("silence-alert", {"matchers": '{alertname=~".*"}'}, "only equality matchers"),
+        # wider than the incident: every alert of the deployment, or this alert in every namespace
+        ("silence-alert", {"matchers": '{"deployment": "chat-api"}'}, "name the alertname"),
+        ("silence-alert", {"matchers": '{alertname="ChatApiHighErrorRate"}'}, "name the namespace"),
         ("silence-alert", {"matchers": "[]"}, "no matchers given"),
         ("silence-alert", {"duration": "3d"}, "is not like 30m, 2h or 1h30m"),
         ("silence-alert", {"duration": "25h"}, "outside 1m..24h"),

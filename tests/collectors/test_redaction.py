@@ -136,6 +136,16 @@ REDACTED_CASES: list[tuple[str, str]] = [
         f"huggingface_hub: login with {HF_TOKEN} succeeded (permission: read)",
         f"huggingface_hub: login with {R} succeeded (permission: read)",
     ),
+    # --- Vault and kubeconfig credentials (issue 11's secrets corpus) ---------------------------
+    (
+        "ERROR vault: login with token hvs.FAKEfake0123456789FAKEvaultTOKEN01 failed",
+        f"ERROR vault: login with token {R} failed",
+    ),
+    ("VAULT_TOKEN=hvb.FAKEfake0123456789FAKEfake0123", f"VAULT_TOKEN={R}"),
+    (
+        "    client-key-data: LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0tLQpGQUtFa2V5",
+        f"    client-key-data: {R}",
+    ),
     # --- Slack -------------------------------------------------------------------------------
     (f"SLACK_BOT_TOKEN={SLACK_BOT}", f"SLACK_BOT_TOKEN={R}"),
     (

@@ -77,6 +77,44 @@ def test_an_inactive_integration_is_refused(client, integration_token):
     assert post(client, group(firing()), token).status_code == 401
 
 
+def test_an_integration_deactivated_elsewhere_is_refused_once_the_cache_expires(
+    client, integration_token, monkeypatch, settings
+):
+    """Another process (a queryset update sends no signal here) deactivates the integration:
+    this process keeps accepting its token for at most VIGIL_INTEGRATION_CACHE_SECONDS."""
+    import time
+
+    from incidents.models import Integration
+
+    settings.VIGIL_INTEGRATION_CACHE_SECONDS = 10
+    integration, token = integration_token()
+    assert post(client, group(firing(pod="a")), token).status_code == 200
+    Integration.objects.filter(pk=integration.pk).update(is_active=False)
+    assert post(client, group(firing(pod="b")), token).status_code == 200  # within the TTL
+    later = time.monotonic() + 11
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    assert post(client, group(firing(pod="c")), token).status_code == 401
+
+
+def test_a_cached_integration_costs_no_query(client, am_token):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    post(client, group(firing(pod="a")), am_token)
+    with CaptureQueriesContext(connection) as ctx:
+        assert post(client, group(firing(pod="a")), am_token).status_code == 200
+    assert not [q for q in ctx.captured_queries if "incidents_integration" in q["sql"]]
+
+
+def test_the_hook_checks_the_host_and_sends_a_content_length(client, am_token):
+    """It skips the browser middleware (vigil/fastpath.py), not what the hook needs of it."""
+    response = post(client, group(firing()), am_token)
+    assert response.status_code == 200
+    assert response["Content-Length"] == str(len(response.content))
+    assert "Set-Cookie" not in response and not client.cookies
+    assert post(client, group(firing()), am_token, HTTP_HOST="evil.example").status_code == 400
+
+
 def test_oversize_body_is_413(client, am_token, settings):
     settings.VIGIL_WEBHOOK_MAX_BYTES = 1000
     payload = group(*[firing(pod=f"p{i}") for i in range(20)])

@@ -325,3 +325,332 @@ def test_slack_events_trust_the_signature_never_the_session(client_as, incident,
         content_type="application/json",
     )
     assert response.status_code == 401
+
+
+# --- Every other route: machine endpoints, public endpoints, login, logout, the incident buttons ---
+
+HOME = "home"  # a redirect to the incident list, whoever asks
+
+
+def _incident_timeline_has(kind: str):
+    def check(incident: Incident) -> bool:
+        return incident.timeline.filter(kind=kind).exists()
+
+    return check
+
+
+def _reanalysed(incident: Incident) -> bool:
+    return incident.analyses.count() > 1
+
+
+def _machine_state(incident: Incident) -> tuple:
+    from collectors.models import DeployEvent, GpuSnapshot
+    from incidents.models import WebhookDelivery
+
+    return (
+        WebhookDelivery.objects.count(),
+        DeployEvent.objects.count(),
+        GpuSnapshot.objects.count(),
+    )
+
+
+# (method, path template, expected per persona, what a permitted request changes or None)
+OTHER_MATRIX = [
+    ("get", "/", (HOME,) * 5, None),
+    # public by design: load balancers (no data), the published OpenAPI document, the login page
+    ("get", "/healthz", (200,) * 5, None),
+    ("get", "/api/v1/schema", (200,) * 5, None),
+    ("get", "/api/v1/", (404,) * 5, None),
+    ("get", "/accounts/login/", (200,) * 5, None),
+    ("post", "/accounts/logout/", (LOGIN,) * 5, None),
+    # machine endpoints: a session is nobody there, whatever its role
+    ("post", "/hooks/alertmanager", (401,) * 5, _machine_state),
+    ("post", "/hooks/alertmanager/", (401,) * 5, _machine_state),
+    ("post", "/api/v1/deploys", (401,) * 5, _machine_state),
+    ("post", "/api/v1/gpu-snapshots", (401,) * 5, _machine_state),
+    ("post", "/slack/events", (401,) * 5, _machine_state),
+    # the incident page's other buttons
+    (
+        "post",
+        "/incidents/{id}/refresh-evidence",
+        (LOGIN, 403, 403, 302, 302),
+        _incident_timeline_has("collection_requested"),
+    ),
+    ("post", "/incidents/{id}/reanalyse", (LOGIN, 403, 403, 302, 302), _reanalysed),
+    ("post", "/incidents/{id}/mitigate", (LOGIN, 403, 403, 302, 302), _incident_changed),
+]
+
+
+def _assert_status(response, want, label: str) -> None:
+    if want == LOGIN:
+        assert response.status_code == 302, f"{label}: {response.status_code}"
+        assert "/login/" in response.url, f"{label}: {response.url}"
+    elif want == HOME:
+        assert response.status_code == 302, f"{label}: {response.status_code}"
+        assert response.url == "/incidents/", f"{label}: {response.url}"
+    else:
+        assert response.status_code == want, f"{label}: {response.status_code}"
+
+
+@pytest.mark.parametrize(("method", "path", "expected", "changes"), OTHER_MATRIX)
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_other_routes(client_as, incident, settings, persona, method, path, expected, changes):
+    settings.VIGIL_SLACK_SIGNING_SECRET = "matrix-signing-secret"
+    client = client_as(persona)
+    url = path.format(id=incident.pk)
+    before = changes(incident) if changes else None
+    if method == "get":
+        response = client.get(url)
+    elif path.startswith(("/api/", "/hooks/", "/slack/")):
+        response = client.post(url, data="{}", content_type="application/json")
+    else:
+        response = client.post(url)
+    want = expected[PERSONAS.index(persona)]
+    _assert_status(response, want, f"{persona} {method.upper()} {url}")
+    if changes is not None:
+        incident.refresh_from_db()
+        after = changes(incident)
+        if changes is _machine_state:
+            assert after == before, f"{persona} {method.upper()} {url} stored something"
+        else:
+            allowed = want in (200, 201, 302)
+            assert after == allowed, f"{persona} {method.upper()} {url} changed: {after}"
+
+
+# --- Every route is in a matrix -------------------------------------------------------------------
+
+
+def _all_routes() -> list[str]:
+    """Every URL pattern of the project, as Django names its route (`incidents/<int:…>/`)."""
+    from django.urls import URLResolver, get_resolver
+
+    def join(prefix: str, part: str) -> str:  # as ResolverMatch.route joins them
+        return prefix + (part[1:] if prefix and part.startswith("^") else part)
+
+    def walk(patterns, prefix=""):
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                yield from walk(pattern.url_patterns, join(prefix, str(pattern.pattern)))
+            else:
+                yield join(prefix, str(pattern.pattern))
+
+    return list(dict.fromkeys(walk(get_resolver().url_patterns)))
+
+
+def _entries():
+    """(method, path template) of every matrix above, e2e-marked ones included."""
+    for table in (MATRIX, ACTION_API_MATRIX, ACTION_PAGE_MATRIX, OTHER_MATRIX):
+        for row in table:
+            values = row.values if hasattr(row, "values") else row
+            yield values[0], values[1]
+
+
+def _route_of(path: str) -> str:
+    from django.urls import resolve
+
+    concrete = path.format(id=1, aid=1, xid=1)
+    return resolve(concrete.split("?")[0]).route
+
+
+def test_every_url_pattern_is_in_the_matrix():
+    """A new route fails here until its row (expected status per persona) is added above.
+
+    Admin routes are covered by test_every_admin_route_needs_staff, which walks them itself.
+    """
+    covered = {_route_of(path) for _, path in _entries()}
+    routes = [r for r in _all_routes() if not r.startswith("admin/")]
+    missing = [r for r in routes if r not in covered]
+    assert not missing, f"routes with no row in the authorization matrix: {missing}"
+
+
+def test_every_api_operation_is_in_the_matrix():
+    """Method by method: the OpenAPI document's operations against the matrix's API rows."""
+    import re
+
+    from vigil.api import api
+
+    operations = {
+        (method.upper(), path)
+        for path, methods in api.get_openapi_schema()["paths"].items()
+        for method in methods
+    }
+    covered = {
+        (method.upper(), "/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", _route_of(path)))
+        for method, path in _entries()
+        if path.startswith("/api/")
+    }
+    assert operations - covered == set(), "API operations with no row in the matrix"
+
+
+# --- The admin: staff only, every one of its routes ---------------------------------------------
+
+
+def _admin_urls() -> list[tuple[str, str]]:
+    """(route, a concrete URL that resolves to it) for every admin route."""
+    import re
+
+    from django.urls import resolve
+
+    urls = []
+    for route in _all_routes():
+        if not route.startswith("admin/"):
+            continue
+        if "(?P<app_label>" in route:  # an app's index, a regular expression of app labels
+            url = "/admin/incidents/"
+        elif "(?P<url>" in route:  # the catch-all
+            url = "/admin/nowhere/"
+        else:
+            url = "/" + re.sub(r"<(?:\w+:)?\w+>", "1", route)
+        assert resolve(url).route == route, (route, url)
+        urls.append((route, url))
+    return urls
+
+
+ADMIN_URLS = _admin_urls()
+
+
+@pytest.mark.parametrize(("route", "url"), ADMIN_URLS, ids=[r for r, _ in ADMIN_URLS])
+def test_every_admin_route_needs_staff(client_as, incident, route, url):
+    """Every persona of Vigil (none is staff) is sent to the admin's login, GET or POST."""
+    for persona in PERSONAS:
+        client = client_as(persona)
+        for method in ("get", "post"):
+            response = getattr(client, method)(url)
+            label = f"{persona} {method.upper()} {url}"
+            if route == "admin/login/":
+                assert response.status_code in (200, 302), label  # the form; a login attempt
+                continue
+            if route == "admin/logout/":
+                assert response.status_code in (302, 405), label  # POST logs out, GET refused
+                continue
+            assert response.status_code == 302, f"{label}: {response.status_code}"
+            assert response.url.startswith("/admin/login/"), f"{label}: {response.url}"
+    assert Incident.objects.count() == 1
+
+
+# --- Tokens: user keys by role, and integration tokens on user endpoints -------------------------
+
+
+def _user_key(username: str) -> str:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("create_api_token", username, stdout=out)
+    return out.getvalue().strip().splitlines()[-1]
+
+
+API_ROWS = [
+    row
+    for row in MATRIX + [r.values if hasattr(r, "values") else r for r in ACTION_API_MATRIX]
+    if row[1].startswith("/api/") and "expire-silence" not in row[1]
+]
+
+
+@pytest.mark.parametrize(("method", "path", "expected"), API_ROWS)
+@pytest.mark.parametrize("persona", PERSONAS[1:])
+def test_api_keys_carry_their_users_role(
+    client, personas, incident, request, persona, method, path, expected
+):
+    """`Authorization: Token <key>` gets exactly what the same user's session gets."""
+    key = _user_key(personas[persona].username)
+    action = _action_for(incident, path, request)
+    url = path.format(id=incident.pk, aid=incident.analyses.get().pk, xid=action.pk)
+    headers = {"Authorization": f"Token {key}"}
+    body = ACTION_BODIES.get(path) or BODIES.get(path) or {}
+    if method == "get":
+        response = client.get(url, headers=headers)
+    else:
+        response = getattr(client, method)(
+            url, data=json.dumps(body), content_type="application/json", headers=headers
+        )
+    want = expected[PERSONAS.index(persona)]
+    assert response.status_code == want, f"{persona} key {method.upper()} {url}"
+
+
+USER_ROWS = [
+    (method, path)
+    for method, path in _entries()
+    if not path.startswith(("/hooks/", "/slack/", "/api/v1/deploys", "/api/v1/gpu-snapshots"))
+    and path not in ("/", "/healthz", "/api/v1/schema", "/api/v1/", "/accounts/login/")
+    and path != "/accounts/logout/"
+    and "expire-silence" not in path
+]
+
+
+@pytest.mark.parametrize(("method", "path"), USER_ROWS)
+def test_integration_tokens_open_no_user_endpoint(
+    client, integration_token, incident, request, method, path
+):
+    """Alertmanager, deploy and agent tokens, as Bearer or as Token: 401 on the API, the login
+    page on pages, and nothing changes."""
+    tokens = [integration_token(f"m-{kind}", kind=kind)[1] for kind in ("deploy", "agent")]
+    tokens.append(integration_token("m-am", kind="alertmanager")[1])
+    action = _action_for(incident, path, request)
+    url = path.format(id=incident.pk, aid=incident.analyses.get().pk, xid=action.pk)
+    before = (_actions_state(incident), incident.status, _analysis_changed(incident))
+    for token in tokens:
+        for scheme in ("Bearer", "Token"):
+            headers = {"Authorization": f"{scheme} {token}"}
+            if method == "get":
+                response = client.get(url, headers=headers)
+            else:
+                response = getattr(client, method)(
+                    url, data="{}", content_type="application/json", headers=headers
+                )
+            label = f"{scheme} integration token {method.upper()} {url}"
+            if path.startswith("/api/"):
+                assert response.status_code == 401, f"{label}: {response.status_code}"
+            else:
+                _assert_status(response, LOGIN, label)
+    incident.refresh_from_db()
+    assert (_actions_state(incident), incident.status, _analysis_changed(incident)) == before
+
+
+MACHINE_ENDPOINTS = [
+    ("/hooks/alertmanager", "alertmanager"),
+    ("/api/v1/deploys", "deploy"),
+    ("/api/v1/gpu-snapshots", "agent"),
+]
+
+
+@pytest.mark.parametrize(("path", "kind"), MACHINE_ENDPOINTS)
+def test_machine_endpoints_take_their_own_kind_of_token_only(
+    client, integration_token, personas, path, kind
+):
+    key = _user_key(personas["approver"].username)
+    others = [
+        integration_token(f"x-{other}", kind=other)[1]
+        for _, other in MACHINE_ENDPOINTS
+        if other != kind
+    ]
+    for credential in [key, *others, "vgi_" + "x" * 43, ""]:
+        for scheme in ("Bearer", "Token"):
+            response = client.post(
+                path,
+                data="{}",
+                content_type="application/json",
+                headers={"Authorization": f"{scheme} {credential}"},
+            )
+            assert response.status_code == 401, f"{scheme} {credential[:8]}… on {path}"
+
+
+# --- No route changes state on a GET (which CSRF does not cover) ---------------------------------
+
+
+POST_ONLY = sorted(
+    {path for method, path in _entries() if method == "post"}
+    - {path for method, path in _entries() if method == "get"}
+)
+
+
+@pytest.mark.parametrize("path", POST_ONLY)
+def test_state_changing_routes_refuse_get(client_as, incident, request, path):
+    action = _action_for(incident, path, request) if "{xid}" in path else None
+    url = path.format(id=incident.pk, aid=incident.analyses.get().pk, xid=action and action.pk)
+    before = (_actions_state(incident), incident.status, _analysis_changed(incident))
+    response = client_as("approver").get(url)
+    assert response.status_code == 405, f"GET {url}: {response.status_code}"
+    incident.refresh_from_db()
+    assert (_actions_state(incident), incident.status, _analysis_changed(incident)) == before

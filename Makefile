@@ -22,9 +22,9 @@ run: install
 test: install
 	VIGIL_TESTING=1 $(PY) -m pytest $(PYTEST_ARGS)
 
-## Everything but the browser and real-Alertmanager tests.
+## Everything but the browser, real-Alertmanager and fault (process-killing) tests.
 test-fast: install
-	VIGIL_TESTING=1 $(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+	VIGIL_TESTING=1 $(PY) -m pytest -m "not e2e and not faults" $(PYTEST_ARGS)
 
 ## Issue 10's benchmarks on local PostgreSQL + Redis (throwaway databases), gunicorn and a real
 ## worker: tables on stdout, JSON under bench-results/. `make bench BENCH_ARGS="ingest pages"`
@@ -43,3 +43,11 @@ lint: install
 
 clean:
 	rm -rf $(VENV) var
+
+## Issue 11's fault suite alone (`make test` runs it too): a throwaway PostgreSQL (initdb + pg_ctl,
+## as the postgres user when root) and redis-server on free ports, gunicorn and Celery processes
+## on them, then workers killed, Redis stopped, PostgreSQL restarted, sources broken.
+## VIGIL_FAULTS_TALLY=file appends one JSON line per fault survived (the README's table).
+.PHONY: test-faults
+test-faults: install
+	VIGIL_TESTING=1 $(PY) -m pytest tests/faults $(PYTEST_ARGS)

@@ -8,7 +8,12 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from vigil.celery import publish, publish_on_commit, reset_broker_backoff
+from vigil.celery import (
+    RETRY_ON_DATABASE_ERRORS,
+    publish,
+    publish_on_commit,
+    reset_broker_backoff,
+)
 
 from .remediation import EXECUTE_SOFT_LIMIT, EXECUTE_TIME_LIMIT
 
@@ -21,7 +26,7 @@ def _narrative_time_limit() -> int:
     return int(attempts * (settings.VIGIL_LLM_TIMEOUT + settings.VIGIL_LLM_MAX_RETRY_WAIT)) + 30
 
 
-@shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
+@shared_task(acks_late=True, soft_time_limit=60, time_limit=90, **RETRY_ON_DATABASE_ERRORS)
 def analyse_incident(incident_id: int) -> int:
     from .engine import run_analysis
 
@@ -41,7 +46,7 @@ def narrate_analysis(analysis_id: int) -> str:
     return write_narrative(analysis_id).llm_status
 
 
-@shared_task(acks_late=True, max_retries=0)
+@shared_task(acks_late=True, max_retries=0, ignore_result=True)
 def sweep_narratives() -> dict[str, int]:
     """Backstop: re-enqueue narratives whose task was lost; give up visibly on hopeless ones."""
     from .narrative import give_up_on_stuck_narratives, lost_narratives
@@ -78,7 +83,7 @@ def execute_action(self: Any, action_id: int) -> str | None:
     return proposal.status if proposal is not None else None
 
 
-@shared_task(acks_late=True, max_retries=0)
+@shared_task(acks_late=True, max_retries=0, ignore_result=True)
 def sweep_actions() -> dict[str, int]:
     """Backstop: re-enqueue executions whose task was lost; fail those lost on every attempt."""
     from .remediation import give_up_on_lost_executions, lost_executions

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from vigil.celery import publish, reset_broker_backoff
@@ -20,7 +21,9 @@ logger = logging.getLogger(__name__)
 SWEEP_BATCH = 500
 
 
-@shared_task(acks_late=True, max_retries=0)
+# The sweeps are sent by beat, whose results nobody reads: ignore_result spares beat the result
+# subscription that would make each send wait ~20s on a dead Redis (see vigil.celery.publish).
+@shared_task(acks_late=True, max_retries=0, ignore_result=True)
 def sweep() -> dict[str, int]:
     """The backstop for failed publishes and crashed workers: nothing stored is left behind."""
     reset_broker_backoff()
@@ -63,15 +66,28 @@ def release_stuck_collections() -> int:
 
 
 def enqueue_missed_collections(limit: int = SWEEP_BATCH) -> int:
-    """Open incidents whose collection never started, or was requested long ago and never began."""
+    """Open incidents whose collection never started, or was requested long ago and never began:
+    a first round, or a re-collection (alerts joined, refresh pressed) requested after the last
+    round started whose debounced publish was lost (the broker was down)."""
     from collectors.tasks import collect_evidence
 
     now = timezone.now()
     stale = now - settings.VIGIL_SWEEP_GRACE
+    never_started = Q(collection_started_at__isnull=True) & (
+        Q(collection_requested_at__isnull=True) | Q(collection_requested_at__lte=stale)
+    )
+    # `collection_requested_at` is the first unserved request, and its debounced round is due
+    # VIGIL_COLLECT_MAX_WAIT after it at the latest (collectors.tasks.debounce_wait): only one
+    # older than that (and the grace) is missed rather than on its way.
+    refresh_stale = stale - timedelta(seconds=settings.VIGIL_COLLECT_MAX_WAIT)
+    refresh_missed = Q(
+        collection_finished_at__isnull=False,
+        collection_requested_at__gt=F("collection_started_at"),
+        collection_requested_at__lte=refresh_stale,
+    )
     missed = (
         Incident.objects.exclude(status=Incident.Status.RESOLVED)
-        .filter(collection_started_at__isnull=True)
-        .filter(Q(collection_requested_at__isnull=True) | Q(collection_requested_at__lte=stale))
+        .filter(never_started | refresh_missed)
         .values_list("pk", flat=True)[:limit]
     )
     count = 0
@@ -116,7 +132,7 @@ def slack_unfurl(self, receipt_id: int) -> str:
         raise self.retry(countdown=exc.countdown) from None
 
 
-@shared_task(acks_late=True, max_retries=0)
+@shared_task(acks_late=True, max_retries=0, ignore_result=True)
 def slack_sweep() -> dict[str, int]:
     """Announcements no signal enqueued (bulk-created events) or whose task was lost; unfurls too."""
     reset_broker_backoff()

@@ -14,8 +14,19 @@ import time
 from typing import Any
 
 from celery import Celery
+from django.db import InterfaceError, OperationalError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vigil.settings")
+
+# For tasks whose work is in the database: while PostgreSQL restarts (connections cut, refused
+# for a moment) they are retried with backoff (1, 2, 4 … 30s, ~3 minutes in all) instead of
+# failing, which would acknowledge and so lose them.
+RETRY_ON_DATABASE_ERRORS: dict[str, Any] = {
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "max_retries": 10,
+}
 
 app = Celery("vigil")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -33,7 +44,11 @@ def publish(task: Any, *args: Any, countdown: float = 0) -> bool:
     if time.monotonic() < _broker_down_until:
         return False
     try:
-        task.apply_async(args=args, countdown=countdown or None, retry=False)
+        # ignore_result: nobody here waits for a result. Without it, Celery subscribes to the
+        # result's pub/sub channel before publishing, and once that subscription exists a dead
+        # Redis makes every later publish retry it for ~20s (holding the webhook) instead of
+        # failing fast; the worker also stores no result nobody reads.
+        task.apply_async(args=args, countdown=countdown or None, retry=False, ignore_result=True)
     except Exception as exc:  # any broker or connection error: the sweep re-enqueues later
         _broker_down_until = time.monotonic() + settings.VIGIL_BROKER_BACKOFF_SECONDS
         logger.warning("publish of %s%r failed, left for the sweep: %s", task.name, args, exc)

@@ -87,8 +87,12 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # POST /hooks/alertmanager goes straight to its view from here (vigil/fastpath.py).
+    "vigil.fastpath.HookFastPathMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # NUL in a query or body: 400 before any view; a DataError out of a view: 400, not 500.
+    "vigil.middleware.BadInputMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -182,7 +186,22 @@ SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_SECURE = env_bool("VIGIL_SECURE_COOKIES", not (DEBUG or TESTING))
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_HTTPONLY = True
+# No script reads the CSRF cookie: pages put the token in forms and in <body hx-headers>.
+CSRF_COOKIE_HTTPONLY = True
+# Lax, not Strict: a Slack link to a timeline is a cross-site navigation that must arrive logged in.
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+
+# Login throttling (incidents/throttle.py): this many failed logins for one username, or from one
+# client address, lock that username or address out for VIGIL_LOGIN_LOCKOUT (429). The address is
+# REMOTE_ADDR, or with VIGIL_TRUSTED_PROXIES=N the one the outermost of N proxies saw.
+VIGIL_LOGIN_MAX_FAILURES = int(os.environ.get("VIGIL_LOGIN_MAX_FAILURES", "5"))
+VIGIL_LOGIN_MAX_FAILURES_PER_ADDRESS = int(
+    os.environ.get("VIGIL_LOGIN_MAX_FAILURES_PER_ADDRESS", "20")
+)
+VIGIL_LOGIN_LOCKOUT = env_seconds("VIGIL_LOGIN_LOCKOUT", 15 * 60)
+VIGIL_TRUSTED_PROXIES = int(os.environ.get("VIGIL_TRUSTED_PROXIES", "0"))
 
 # Content-Security-Policy: no inline script or style anywhere, so no template has to change later.
 CONTENT_SECURITY_POLICY = {
@@ -233,8 +252,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "socket_connect_timeout": 1.0,
         "socket_timeout": 2.0,
         "max_retries": 0,
-        # Longer than the longest task, so a task still running is not delivered a second time.
-        "visibility_timeout": 3600,
+        # An unacknowledged task (its worker was killed) is delivered again after this long. Longer
+        # than the longest task plus the longest countdown it waits for (tests/faults checks), so
+        # a task still running or waiting is never delivered twice; the sweep is the backstop.
+        "visibility_timeout": env_seconds("VIGIL_BROKER_VISIBILITY_TIMEOUT", 3600),
+        # Look for such tasks every 10s (kombu's default scans only every 10th time: ~100s).
+        "unacked_restore_throttle": 1,
     }
     if BROKER_IS_REDIS
     else {}
@@ -261,6 +284,31 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("VIGIL_CELERY_QUEUE") or (
     f"vigil{_TEST_SUFFIX}" if TESTING else "celery"
 )
 
+# The cache holds the login throttle's counters (incidents/throttle.py), so every web process must
+# share it: Redis when the broker is Redis (or VIGIL_CACHE_URL), a file cache under var/ for the
+# embedded default, each test process its own memory.
+VIGIL_CACHE_URL = os.environ.get("VIGIL_CACHE_URL", "").strip() or (
+    CELERY_BROKER_URL if BROKER_IS_REDIS else ""
+)
+if TESTING:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+elif VIGIL_CACHE_URL.startswith(("redis://", "rediss://")):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": VIGIL_CACHE_URL,
+            "KEY_PREFIX": "vigil-cache",
+            "OPTIONS": {"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
+    }
+
 # Vigil itself.
 VIGIL_WEBHOOK_MAX_BYTES = int(os.environ.get("VIGIL_WEBHOOK_MAX_BYTES", str(4 * 1024 * 1024)))
 # Django refuses larger bodies before the hook can answer 413 itself; keep its limit above ours.
@@ -271,6 +319,9 @@ VIGIL_AUTO_RESOLVE = env_bool("VIGIL_AUTO_RESOLVE", True)
 VIGIL_REOPEN_WINDOW = timedelta(seconds=env_seconds("VIGIL_REOPEN_WINDOW", 60 * 60))
 # A delivery still unprocessed after this long is picked up by the sweep.
 VIGIL_SWEEP_GRACE = timedelta(seconds=env_seconds("VIGIL_SWEEP_GRACE", 30))
+# The webhooks keep an integration found by its token this long per process (incidents/hooks.py):
+# deactivating an integration, rotating or deleting its token takes effect within it.
+VIGIL_INTEGRATION_CACHE_SECONDS = env_seconds("VIGIL_INTEGRATION_CACHE_SECONDS", 10)
 # After a failed publish, skip the broker for this long (the sweep catches up).
 VIGIL_BROKER_BACKOFF_SECONDS = env_seconds("VIGIL_BROKER_BACKOFF", 10)
 
@@ -279,8 +330,14 @@ VIGIL_COLLECT_LOOKBACK = timedelta(seconds=env_seconds("VIGIL_COLLECT_LOOKBACK",
 VIGIL_COLLECTOR_SOFT_LIMIT = env_seconds("VIGIL_COLLECTOR_SOFT_LIMIT", 10)
 VIGIL_COLLECTOR_HARD_LIMIT = env_seconds("VIGIL_COLLECTOR_HARD_LIMIT", 15)
 VIGIL_COLLECT_REQUEST_TIMEOUT = env_seconds("VIGIL_COLLECT_REQUEST_TIMEOUT", 5)
-# New alerts joining an incident re-collect its evidence at most this often.
+# New alerts joining an incident re-collect its evidence once none has joined for this long
+# (trailing debounce), and at the latest VIGIL_COLLECT_MAX_WAIT (default twice the debounce)
+# after the first alert that joined since the last round started (collectors.tasks).
 VIGIL_COLLECT_DEBOUNCE = env_seconds("VIGIL_COLLECT_DEBOUNCE", 30)
+VIGIL_COLLECT_MAX_WAIT = max(
+    VIGIL_COLLECT_DEBOUNCE,
+    env_seconds("VIGIL_COLLECT_MAX_WAIT", 2 * VIGIL_COLLECT_DEBOUNCE),
+)
 # A collection round not finished after this long is started again by the sweep.
 VIGIL_STUCK_COLLECTION_AFTER = timedelta(seconds=env_seconds("VIGIL_STUCK_COLLECTION_AFTER", 600))
 VIGIL_COLLECT_MAX_ALERTS = int(os.environ.get("VIGIL_COLLECT_MAX_ALERTS", "200"))

@@ -281,6 +281,8 @@ def failure(exc: BaseException, statuses: list[int], asked: str | None = None) -
     if status is not None and status >= 500:
         times = len(statuses)
         return f"provider error ({status}) {times} time{'s' if times != 1 else ''}: {message}"
+    if status is not None and status < 400:  # a success whose body could not be read
+        return f"unreadable answer from the provider ({status}): {message}"
     if status is not None:
         return f"provider refused the request ({status}): {message}"
     return f"LLM call failed: {type(exc).__name__}: {message}"

@@ -9,7 +9,8 @@ Environment (or the matching options):
   BENCH_PG_URL               the PostgreSQL server, default postgres://postgres@127.0.0.1:5432
   BENCH_REDIS_URL            the Redis server, default redis://127.0.0.1:6379
   BENCH_REDIS_DB             its database number (default: the first empty one of 15..8)
-  BENCH_GUNICORN_WORKERS     default 2 x cores + 1; BENCH_GUNICORN_CLASS (sync), _THREADS
+  BENCH_GUNICORN_CLASS       gthread (default, as production) or sync; BENCH_GUNICORN_THREADS 4
+  BENCH_GUNICORN_WORKERS     default cores + 1 (gthread), 2 x cores + 1 (sync)
   BENCH_CELERY_CONCURRENCY   default 4, as docker-compose.yml runs the worker
   BENCH_CLIENT               wrk (default when installed) or asyncio
   BENCH_SCENARIOS            scenario files for 3 and 5 (default scenarios/*.yaml, scaled)
@@ -268,8 +269,14 @@ def main(argv: list[str]) -> int:
         redis_url=redis_url,
         redis_db=redis_db,
         queue=f"vigil-bench-{run_id}",
-        gunicorn_workers=env_int("BENCH_GUNICORN_WORKERS", 2 * cores + 1),
-        gunicorn_class=os.environ.get("BENCH_GUNICORN_CLASS", "sync"),
+        # As production runs it (docker-compose.yml): gthread, cores + 1 workers of 4 threads.
+        gunicorn_workers=env_int(
+            "BENCH_GUNICORN_WORKERS",
+            cores + 1
+            if os.environ.get("BENCH_GUNICORN_CLASS", "gthread") == "gthread"
+            else 2 * cores + 1,
+        ),
+        gunicorn_class=os.environ.get("BENCH_GUNICORN_CLASS", "gthread"),
         gunicorn_threads=env_int("BENCH_GUNICORN_THREADS", 4),
         celery_concurrency=env_int("BENCH_CELERY_CONCURRENCY", 4),
         client=choose_client(os.environ.get("BENCH_CLIENT", "auto")),

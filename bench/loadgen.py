@@ -175,7 +175,8 @@ class HttpAnswer:
 
 
 class Connection:
-    """One HTTP/1.1 connection to loopback; reconnects when the server closes (sync workers do)."""
+    """One HTTP/1.1 connection to loopback; reconnects when the server closes (sync workers do
+    after every answer, threaded ones after their keep-alive timeout)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
@@ -184,6 +185,22 @@ class Connection:
 
     async def request(
         self, method: str, path: str, body: bytes = b"", headers: dict | None = None
+    ) -> HttpAnswer:
+        reused = self.writer is not None
+        try:
+            return await self._request(method, path, body, headers)
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+            # A kept-alive connection the server closed while idle (gunicorn's threaded workers
+            # do after their keep-alive timeout) fails before any answer: send again, once, on
+            # a new connection. Anything else, or a fresh connection failing, is an error.
+            partial = getattr(exc, "partial", b"")
+            if not reused or partial:
+                raise
+            self.close()
+            return await self._request(method, path, body, headers)
+
+    async def _request(
+        self, method: str, path: str, body: bytes, headers: dict | None
     ) -> HttpAnswer:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)

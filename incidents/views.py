@@ -12,7 +12,9 @@ from django.core.paginator import Paginator
 from django.db.models import Count, Max, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.template.loader import get_template
 from django.utils import timezone
+from django.utils.translation import get_language
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect, reswap, retarget
@@ -56,6 +58,7 @@ def incident_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(queryset, LIST_PAGE_SIZE).get_page(request.GET.get("page"))
     context = {
         "page": page,
+        "rows": [_incident_row(incident) for incident in page],
         "status": status,
         "severity": severity,
         "statuses": Incident.Status.choices,
@@ -66,6 +69,38 @@ def incident_list(request: HttpRequest) -> HttpResponse:
     if request.htmx:
         return render(request, "partials/incident_rows.html", context)
     return render(request, "incidents/list.html", context)
+
+
+# Rendered list rows by everything a row shows, per process: the list is polled every few
+# seconds (and by every open tab), while a row changes only when its incident does, so during an
+# alert storm most rows are served from here instead of being rendered again. A row whose
+# incident changed has another key; the cache is cleared when full.
+_ROWS: dict[tuple, str] = {}
+_ROWS_MAX = 4096
+
+
+def _incident_row(incident: Incident) -> str:
+    key = (
+        incident.pk,
+        incident.title,
+        incident.cluster.name,
+        incident.namespace,
+        incident.status,
+        incident.severity,
+        incident.service,
+        incident.firing_count,
+        incident.alert_count,
+        incident.opened_at,
+        get_language(),
+        timezone.get_current_timezone_name(),
+    )
+    row = _ROWS.get(key)
+    if row is None:
+        row = get_template("partials/incident_row.html").render({"incident": incident})
+        if len(_ROWS) >= _ROWS_MAX:
+            _ROWS.clear()
+        _ROWS[key] = row
+    return row
 
 
 def _known_severities() -> list[str]:

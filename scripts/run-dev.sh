@@ -14,7 +14,8 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-.venv/bin/gunicorn vigil.wsgi --bind "$ADDR" --workers 2 --access-logfile - &
+.venv/bin/gunicorn vigil.wsgi --bind "$ADDR" --worker-class gthread --workers 2 --threads 4 \
+  --access-logfile - &
 web=$!
 pids+=($web)
 .venv/bin/celery -A vigil worker --beat --loglevel INFO --concurrency 2 \

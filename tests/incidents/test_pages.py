@@ -44,6 +44,18 @@ def test_list_poll_answers_204_until_something_changes(client_as, incident, am_t
     assert poll.context["version"] != version
 
 
+def test_list_rows_follow_their_incident(client_as, incident, am_token):
+    """Rows are kept rendered per state of their incident (incidents/views.py): never stale."""
+    client = client_as("viewer")
+    assert b"1 firing / 1" in client.get("/incidents/").content
+    post(client, group(firing("KVCacheHigh", pod="vllm-1")), am_token)
+    assert b"2 firing / 2" in client.get("/incidents/").content
+    Incident.objects.filter(pk=incident.pk).update(status="acknowledged", title="Renamed")
+    page = client.get("/incidents/").content
+    assert b'class="badge status-acknowledged"' in page and b"Renamed" in page
+    assert b"KVCacheHigh summary" not in page
+
+
 def test_detail_shows_alerts_and_timeline(client_as, incident):
     page = client_as("viewer").get(f"/incidents/{incident.pk}/")
     assert page.status_code == 200

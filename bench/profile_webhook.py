@@ -32,7 +32,8 @@ def _post(client, body: bytes, token: str):
     )
 
 
-def _stats(profile: cProfile.Profile, sort: str, limit: int = 25) -> str:
+def _stats(profile: cProfile.Profile, sort: str, limit: int | None = None) -> str:
+    limit = limit or env_int("BENCH_PROFILE_LINES", 25)
     out = io.StringIO()
     pstats.Stats(profile, stream=out).strip_dirs().sort_stats(sort).print_stats(limit)
     text = out.getvalue()
@@ -130,8 +131,8 @@ def report(result: dict) -> str:
         parts.append(f"\n-- case {key}: statements of one request")
         for q in c["queries"]:
             parts.append(f"{q['ms']:8.3f} ms  {q['sql'][:150]}")
-        parts.append(f"\n-- case {key}: cumulative\n{c['cumulative'][:6000]}")
-        parts.append(f"-- case {key}: own time\n{c['own_time'][:4000]}")
+        parts.append(f"\n-- case {key}: cumulative\n{c['cumulative']}")
+        parts.append(f"-- case {key}: own time\n{c['own_time']}")
     for key in ("c", "d"):
         for plan in result["cases"].get(key, {}).get("explain", []):
             parts.append(f"-- ({key}) EXPLAIN of {plan['sql'][:200]}\n{plan['plan'][:3000]}")

@@ -301,7 +301,7 @@ def test_database_down_while_authenticating_is_503(client, am_token, monkeypatch
     assert post(client, group(firing()), am_token).status_code == 503
 
 
-def test_database_trouble_after_storing_leaves_the_delivery_for_the_sweep(
+def test_database_trouble_during_ingest_still_stores_the_delivery_for_the_sweep(
     client, am_token, monkeypatch
 ):
     from django.db import OperationalError
@@ -314,6 +314,7 @@ def test_database_trouble_after_storing_leaves_the_delivery_for_the_sweep(
     monkeypatch.setattr("incidents.ingest.ingest_notification", flaky)
     response = post(client, group(firing()), am_token)
     assert response.status_code == 202
+    assert not Incident.objects.exists()  # the ingest was rolled back, the body kept
     delivery = WebhookDelivery.objects.get()
     assert delivery.status == "received"
 
@@ -323,3 +324,24 @@ def test_database_trouble_after_storing_leaves_the_delivery_for_the_sweep(
     delivery.refresh_from_db()
     assert delivery.status == "processed"
     assert Incident.objects.get().alert_count == 1
+
+
+def test_an_ingest_error_rolls_back_its_writes_and_keeps_the_body_failed(
+    client, am_token, monkeypatch
+):
+    from incidents import ingest
+
+    real = ingest.ingest_notification
+
+    def half_done(**kwargs):
+        real(**kwargs)  # writes the incident and its alert, then fails
+        raise RuntimeError("bug after writing")
+
+    monkeypatch.setattr("incidents.ingest.ingest_notification", half_done)
+    response = post(client, group(firing()), am_token)
+    assert response.status_code == 500
+    assert not Incident.objects.exists()
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.status == "failed"
+    assert "bug after writing" in delivery.error
+    assert json.loads(bytes(delivery.body))["alerts"][0]["labels"]["alertname"]

@@ -246,11 +246,24 @@ def card(
     }
 
 
-def cards_for(incident: Incident, user: Any) -> list[dict]:
+def cards_for(
+    incident: Incident,
+    user: Any,
+    *,
+    ready_analysis: Analysis | None = None,
+    anchors: frozenset[int] | None = None,
+) -> list[dict]:
+    """The incident's cards for `user`. The page passes what it read already: the latest
+    analysis when it is ready (then it is the latest ready one) and the evidence anchors."""
     from .presentation import evidence_anchor_ids
 
-    proposals, analysis = shown_proposals(incident)
-    anchors = evidence_anchor_ids(incident) if proposals else frozenset()
+    if ready_analysis is not None:
+        analysis = ready_analysis
+        proposals = actions_of(incident, analysis)
+    else:
+        proposals, analysis = shown_proposals(incident)
+    if anchors is None:
+        anchors = evidence_anchor_ids(incident) if proposals else frozenset()
     return [
         card(
             p,

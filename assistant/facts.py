@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from collectors.base import Entity, Scope
 from collectors.models import Evidence
 from collectors.runner import incident_alert_facts
@@ -12,7 +14,18 @@ from .base import EvidenceItem, Facts
 
 def facts_for(incident: Incident) -> Facts:
     alerts = list(incident_alert_facts(incident))
-    evidence = [
+    return Facts(
+        incident_id=incident.pk,
+        opened_at=incident.opened_at,
+        alerts=alerts,
+        scope=Scope.from_json(incident.scope),
+        evidence=evidence_items(Evidence.objects.filter(incident=incident).order_by("id")),
+    )
+
+
+def evidence_items(rows: Iterable[Evidence]) -> list[EvidenceItem]:
+    """Stored evidence rows as the rules read them, in the order given."""
+    return [
         EvidenceItem(
             id=row.pk,
             collector=row.collector,
@@ -24,12 +37,5 @@ def facts_for(incident: Incident) -> Facts:
             else None,
             data=row.data,
         )
-        for row in Evidence.objects.filter(incident=incident).order_by("id")
+        for row in rows
     ]
-    return Facts(
-        incident_id=incident.pk,
-        opened_at=incident.opened_at,
-        alerts=alerts,
-        scope=Scope.from_json(incident.scope),
-        evidence=evidence,
-    )

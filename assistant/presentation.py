@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from django.db.models import DateTimeField, Q, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils.safestring import SafeString, mark_safe
+
+from incidents.fragments import FragmentCache, render_fragment
 from incidents.models import Incident
 
 from .models import ActionProposal, Analysis, SummaryRevision
@@ -260,23 +266,126 @@ def reviewed_analysis(incident: Incident, latest: Analysis | None) -> Analysis |
     )
 
 
-def analysis_context(incident: Incident) -> dict:
-    from .facts import facts_for
+def _anchors_of(evidence_rows) -> frozenset[int]:
+    """evidence_anchor_ids over rows already read (collectors.presentation.evidence_context)."""
+    from collectors.models import Evidence
+    from collectors.presentation import PANELS
+
+    return frozenset(
+        row.pk for row in evidence_rows if row.status == Evidence.Status.OK and row.kind in PANELS
+    )
+
+
+def analysis_context(incident: Incident, evidence_rows: list | None = None) -> dict:
+    """The context of partials/analysis.html. `evidence_rows`: the incident's Evidence rows when
+    the caller has read them already (the incident page), so they are not read twice."""
     from .llm import llm_configured
-    from .timeline import build_timeline
 
     analysis = latest_analysis(incident)
-    anchors = evidence_anchor_ids(incident) if analysis else frozenset()
+    if not analysis:
+        anchors: frozenset[int] = frozenset()
+    elif evidence_rows is None:
+        anchors = evidence_anchor_ids(incident)
+    else:
+        anchors = _anchors_of(evidence_rows)
     ready = analysis is not None and analysis.status == Analysis.Status.READY
     reviewed = reviewed_analysis(incident, analysis)
+    story = story_of(incident, evidence_rows) if analysis else []
     return {
         "analysis": analysis,
         "card": analysis_card(analysis, anchors) if ready else None,
         "reviewed": analysis_card(reviewed, anchors) if reviewed else None,
         "analysis_expected": analysis_expected(incident, analysis),
-        "story": build_timeline(facts_for(incident)) if analysis else [],
-        "proposals": list(analysis.actions.all()) if analysis else [],
+        "story": story,
+        "story_html": story_html(story),
+        # Left unevaluated: no template reads it, so it costs no query.
+        "proposals": analysis.actions.all() if analysis else [],
         # Now, not when the analysis ran: a rule-based analysis from before an LLM was configured
         # says so rather than claiming there is none.
         "llm_configured": llm_configured(),
+        # For {% action_section %}: the evidence with a panel, and the latest ready analysis.
+        "evidence_anchors": anchors,
+        "ready_analysis": analysis if ready else None,
     }
+
+
+# The story ("What happened when") --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _StoryAlert:
+    """What the story reads of an alert (assistant.timeline.build_timeline)."""
+
+    labels: dict
+    starts_at: datetime
+    ends_at: datetime | None
+
+
+def _story_alerts(incident: Incident) -> list[_StoryAlert]:
+    """The alerts whose start or end can be among the story's last entries, oldest first.
+
+    The story keeps its MAX_ENTRIES latest entries, so of the alerts' starts only the
+    MAX_ENTRIES latest can be among them, and the same for their ends: reading the alerts that
+    started or ended at or after the MAX_ENTRIES-th latest start or end (all of them when there
+    are fewer) instead of every alert of the incident (thousands in a storm) gives the same
+    story, in one query. Ties are broken as the full list orders them: by start, then id.
+    """
+    from incidents.models import Alert
+
+    from .timeline import MAX_ENTRIES
+
+    alerts = Alert.objects.filter(incident=incident)
+    earliest = Value(datetime(1, 1, 1, tzinfo=UTC), output_field=DateTimeField())
+    nth_start = alerts.order_by("-starts_at").values("starts_at")[MAX_ENTRIES - 1 : MAX_ENTRIES]
+    nth_end = (
+        alerts.filter(ends_at__isnull=False)
+        .order_by("-ends_at")
+        .values("ends_at")[MAX_ENTRIES - 1 : MAX_ENTRIES]
+    )
+    rows = (
+        alerts.filter(
+            Q(starts_at__gte=Coalesce(Subquery(nth_start), earliest))
+            | Q(ends_at__gte=Coalesce(Subquery(nth_end), earliest))
+        )
+        .order_by("starts_at", "id")
+        .values_list("labels", "starts_at", "ends_at")
+    )
+    return [
+        _StoryAlert(labels if isinstance(labels, dict) else {}, starts_at, ends_at)
+        for labels, starts_at, ends_at in rows
+    ]
+
+
+def story_of(incident: Incident, evidence_rows: list | None = None) -> list:
+    """build_timeline(facts_for(incident)), reading only the alerts it can show."""
+    from collectors.base import Scope
+    from collectors.models import Evidence
+
+    from .base import Facts
+    from .facts import evidence_items
+    from .timeline import build_timeline
+
+    if evidence_rows is None:
+        evidence_rows = Evidence.objects.filter(incident=incident)
+    evidence = evidence_items(sorted(evidence_rows, key=lambda row: row.pk))
+    facts = Facts(
+        incident_id=incident.pk,
+        opened_at=incident.opened_at,
+        alerts=_story_alerts(incident),
+        scope=Scope.from_json(incident.scope),
+        evidence=evidence,
+    )
+    return build_timeline(facts)
+
+
+_STORIES = FragmentCache(512)
+
+
+def story_html(story: list) -> SafeString:
+    """The story's entries as <li>s; an entry is a frozen value, so the list is its own key."""
+    if not story:
+        return mark_safe("")
+    return _STORIES.get(
+        tuple(story),
+        lambda: render_fragment("partials/analysis_story.html", {"story": story}),
+    )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from django.template.loader import get_template
+
+from incidents.fragments import FragmentCache, digest_key
 from incidents.models import Incident
 
 from .base import Scope
@@ -23,6 +26,35 @@ PANELS = {
     "deploys": "deploys",
     "collection_note": "notes",
 }
+
+
+# The panels' HTML by every value of the rows they show (incidents/fragments.py): the same
+# evidence is shown by every view of the page until the next collection round replaces it.
+_PANELS = FragmentCache(128)
+
+
+def _row_key(row: Evidence) -> tuple:
+    return (
+        row.pk,
+        row.incident_id,
+        row.collector,
+        row.kind,
+        row.status,
+        row.title,
+        row.entity_kind,
+        row.entity_namespace,
+        row.entity_name,
+        row.collected_at,
+        digest_key(row.data),
+    )
+
+
+def panels_html(panels: dict[str, list[Evidence]]) -> str:
+    key = tuple((name, tuple(_row_key(row) for row in rows)) for name, rows in panels.items())
+    return _PANELS.get(
+        key,
+        lambda: get_template("partials/evidence_panels.html").render({"panels": dict(panels)}),
+    )
 
 
 def evidence_context(incident: Incident) -> dict:
@@ -53,7 +85,10 @@ def evidence_context(incident: Incident) -> dict:
         "incident": incident,
         "scope": Scope.from_json(incident.scope),
         "panels": dict(panels),
+        "panels_html": panels_html(panels),
         "sources": sources,
         "collecting": collecting,
         "collection_pending": incident.collection_started_at is None and incident.is_open,
+        # For assistant.presentation.analysis_context, so the page reads the evidence once.
+        "evidence_rows": rows,
     }

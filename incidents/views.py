@@ -14,7 +14,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import get_template
 from django.utils import timezone
-from django.utils.translation import get_language
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect, reswap, retarget
@@ -24,6 +23,7 @@ from collectors.presentation import evidence_context
 
 from . import permissions
 from .api import filter_incidents
+from .fragments import FragmentCache, render_fragment, value_key
 from .models import Incident, TimelineEvent
 from .services import ACTIONS, TransitionError, allowed_actions, incident_transition
 
@@ -71,12 +71,10 @@ def incident_list(request: HttpRequest) -> HttpResponse:
     return render(request, "incidents/list.html", context)
 
 
-# Rendered list rows by everything a row shows, per process: the list is polled every few
-# seconds (and by every open tab), while a row changes only when its incident does, so during an
-# alert storm most rows are served from here instead of being rendered again. A row whose
-# incident changed has another key; the cache is cleared when full.
-_ROWS: dict[tuple, str] = {}
-_ROWS_MAX = 4096
+# Rendered list rows by everything a row shows, per process (incidents/fragments.py): the list is
+# polled every few seconds (and by every open tab), while a row changes only when its incident
+# does, so during an alert storm most rows are served from here instead of being rendered again.
+_ROWS = FragmentCache(4096)
 
 
 def _incident_row(incident: Incident) -> str:
@@ -91,16 +89,10 @@ def _incident_row(incident: Incident) -> str:
         incident.firing_count,
         incident.alert_count,
         incident.opened_at,
-        get_language(),
-        timezone.get_current_timezone_name(),
     )
-    row = _ROWS.get(key)
-    if row is None:
-        row = get_template("partials/incident_row.html").render({"incident": incident})
-        if len(_ROWS) >= _ROWS_MAX:
-            _ROWS.clear()
-        _ROWS[key] = row
-    return row
+    return _ROWS.get(
+        key, lambda: get_template("partials/incident_row.html").render({"incident": incident})
+    )
 
 
 def _known_severities() -> list[str]:
@@ -126,22 +118,64 @@ def incident_detail(request: HttpRequest, incident_id: int) -> HttpResponse:
     if request.htmx and request.GET.get("part") == "evidence":
         return render(request, "partials/evidence.html", evidence_context(incident))
     if request.htmx and request.GET.get("part") == "analysis":
-        return render(
-            request,
-            "partials/analysis.html",
-            {**evidence_context(incident), **analysis_context(incident)},
-        )
+        return render(request, "partials/analysis.html", _evidence_and_analysis(incident))
     alerts = Paginator(incident.alerts.all(), ALERTS_PAGE_SIZE).get_page(
         request.GET.get("alerts_page")
     )
     context = {
         "incident": incident,
         "alerts": alerts,
+        "alert_rows": [_alert_row(alert) for alert in alerts],
         **_live_context(incident),
-        **evidence_context(incident),
-        **analysis_context(incident),
+        **_evidence_and_analysis(incident),
     }
     return render(request, "incidents/detail.html", context)
+
+
+def _evidence_and_analysis(incident: Incident) -> dict:
+    """The evidence panels' and the analysis' context, the evidence read once for both."""
+    evidence = evidence_context(incident)
+    return {**evidence, **analysis_context(incident, evidence["evidence_rows"])}
+
+
+# Rendered alert rows and timeline events of the incident page, keyed on every value they show
+# (incidents/fragments.py): an alert row changes only when its alert does, an event never.
+_ALERT_ROWS = FragmentCache(8192)
+_EVENT_ROWS = FragmentCache(4096)
+
+
+def _alert_row(alert) -> str:
+    key = (
+        alert.pk,
+        alert.status,
+        alert.alertname,
+        value_key(alert.annotations),
+        alert.generator_url,
+        value_key(alert.labels),
+        alert.starts_at,
+        alert.ends_at,
+        alert.notification_count,
+    )
+    return _ALERT_ROWS.get(
+        key, lambda: render_fragment("partials/alert_row.html", {"alert": alert})
+    )
+
+
+def _event_row(event: TimelineEvent) -> str:
+    """One event of the page's recent timeline, as partials/timeline_event.html renders it
+    without the timeline page's decorations (filters, highlighting, fresh events)."""
+    key = (
+        event.pk,
+        event.incident_id,
+        event.at,
+        event.kind,
+        event.actor,
+        event.summary,
+        value_key(event.payload),
+    )
+    return _EVENT_ROWS.get(
+        key, lambda: get_template("partials/timeline_event.html").render({"event": event})
+    )
 
 
 @require_POST
@@ -153,11 +187,7 @@ def incident_reanalyse(request: HttpRequest, incident_id: int) -> HttpResponse:
     incident = permissions.access_incident(request.user, incident_id, respond=True)
     run_analysis(incident.pk)
     if request.htmx:
-        return render(
-            request,
-            "partials/analysis.html",
-            {**evidence_context(incident), **analysis_context(incident)},
-        )
+        return render(request, "partials/analysis.html", _evidence_and_analysis(incident))
     return redirect(incident)
 
 
@@ -188,6 +218,7 @@ def _live_context(incident: Incident, error: str = "") -> dict:
         "incident": incident,
         "actions": allowed_actions(incident),
         "recent_events": recent,
+        "recent_event_rows": [_event_row(event) for event in recent],
         "event_total": incident.timeline.count(),
         "error": error,
     }

@@ -18,14 +18,22 @@ register = template.Library()
 
 
 def action_section_context(
-    request: HttpRequest, incident: Incident, *, added: int | None = None, **add
+    request: HttpRequest,
+    incident: Incident,
+    *,
+    added: int | None = None,
+    ready_analysis=None,
+    anchors: frozenset[int] | None = None,
+    **add,
 ) -> dict:
     user = getattr(request, "user", None)
     can_respond = permissions.can_respond(user)
     context = {
         "request": request,
         "incident": incident,
-        "cards": action_cards.cards_for(incident, user),
+        "cards": action_cards.cards_for(
+            incident, user, ready_analysis=ready_analysis, anchors=anchors
+        ),
         "can_respond": can_respond,
         "can_approve": permissions.can_approve(user),
         "added": added,
@@ -37,4 +45,11 @@ def action_section_context(
 
 @register.inclusion_tag("partials/action_list.html", takes_context=True)
 def action_section(context, incident: Incident) -> dict:
-    return action_section_context(context["request"], incident)
+    # What assistant.presentation.analysis_context read already, when it is this incident's.
+    reuse = context.get("incident") is incident
+    return action_section_context(
+        context["request"],
+        incident,
+        ready_analysis=context.get("ready_analysis") if reuse else None,
+        anchors=context.get("evidence_anchors") if reuse else None,
+    )

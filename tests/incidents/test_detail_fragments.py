@@ -166,3 +166,49 @@ def test_a_fragment_is_kept_per_language_and_time_zone_and_the_cache_is_bounded(
         assert cache.get("k", rendering("german")) == "german"  # full: cleared first
     assert len(cache) == 1
     assert cache.get("k", rendering("utc again")) == "utc again"
+
+
+def timeline(client, incident, query: str = "") -> str:
+    response = client.get(f"/incidents/{incident.pk}/timeline{query}")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def event_li(html: str, event_id: int) -> str:
+    match = re.search(rf'<li id="event-{event_id}"[^>]*>.*?</li>', html, re.S)
+    assert match, f"event {event_id} not on the page"
+    return match[0]
+
+
+def test_timeline_rows_follow_the_highlight_and_the_filter(client_as, incident):
+    """A cached timeline row carries what the page adds to its event: the highlight of a
+    permalinked event, and the note when the filter hides its kind, each only where it applies."""
+    client = client_as("viewer")
+    opened = incident.timeline.get(kind="incident_opened")
+    firing = incident.timeline.filter(kind="alert_firing").first()
+    plain = event_li(timeline(client, incident), opened.pk)
+    assert "highlighted" not in plain and "outside-filter" not in plain
+
+    linked = timeline(client, incident, f"?event={opened.pk}")
+    assert 'class="event kind-incident_opened highlighted"' in event_li(linked, opened.pk)
+    assert "highlighted" not in event_li(linked, firing.pk)
+
+    # The alerts family only: the linked "opened" event stays, marked as outside the filter.
+    filtered = timeline(client, incident, f"?family=alerts&event={opened.pk}")
+    assert "Linked event, shown although the filter hides its kind." in event_li(
+        filtered, opened.pk
+    )
+    assert "outside-filter" not in event_li(filtered, firing.pk)
+    # And the plain page again, from the cache: no highlight or note left behind.
+    assert event_li(timeline(client, incident), opened.pk) == plain
+
+
+def test_a_timeline_row_shows_its_event_as_it_is_now(client_as, incident):
+    client = client_as("viewer")
+    event = incident.timeline.get(kind="incident_opened")
+    assert "Opened by" in event_li(timeline(client, incident), event.pk)
+    TimelineEvent.objects.filter(pk=event.pk).update(
+        summary="Edited summary", payload={"note": "changed"}
+    )
+    row = event_li(timeline(client, incident), event.pk)
+    assert "Edited summary" in row and "&quot;note&quot;: &quot;changed&quot;" in row

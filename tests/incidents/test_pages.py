@@ -138,7 +138,8 @@ def test_timeline_permalink_finds_the_page_holding_an_old_event(client_as, incid
 
     events = [
         TimelineEvent(incident=incident, kind="note", actor="x", summary=f"note {i}")
-        for i in range(views.TIMELINE_PAGE_SIZE + 10)
+        # More than half a page past the first: a second page of its own.
+        for i in range(views.TIMELINE_PAGE_SIZE + views.TIMELINE_PAGE_SIZE // 2 + 10)
     ]
     TimelineEvent.objects.bulk_create(events)
     last = incident.timeline.order_by("-at", "-id").first()

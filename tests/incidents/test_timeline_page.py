@@ -195,16 +195,18 @@ def test_the_newest_page_is_the_default_and_pages_keep_the_filter(client_as, inc
         add(incident, "alert_firing", T0 + timedelta(minutes=i, seconds=1), f"alert {i}")
     client = client_as("viewer")
     page = client.get(url(incident), {"family": "notes"})
-    assert page.context["page"].number == 3  # 12 notes, 5 a page: the newest page
-    assert [e.summary for e in page.context["page"]] == ["note 10", "note 11"]
+    # 12 notes, 5 a page: the last 2 would make a page of their own, too few for the page people
+    # open, so they join the page before it (up to half a page does).
+    assert page.context["page"].number == 2
+    assert [e.summary for e in page.context["page"]] == [f"note {i}" for i in range(5, 12)]
     html = page.content.decode()
-    assert 'href="?family=notes&amp;page=2">← earlier</a>' in html
+    assert 'href="?family=notes&amp;page=1">← earlier</a>' in html
     assert 'id="timeline-poll"' in html
 
-    older = client.get(url(incident), {"family": "notes", "page": 2})
-    assert [e.summary for e in older.context["page"]] == [f"note {i}" for i in range(5, 10)]
+    older = client.get(url(incident), {"family": "notes", "page": 1})
+    assert [e.summary for e in older.context["page"]] == [f"note {i}" for i in range(5)]
     html = older.content.decode()
-    assert 'href="?family=notes&amp;page=3">later →</a>' in html
+    assert 'href="?family=notes&amp;page=2">later →</a>' in html
     assert 'id="timeline-poll"' not in html and "Not live on an older page" in html
 
 
@@ -249,7 +251,7 @@ def test_a_permalinked_event_the_filter_hides_is_shown_anyway(client_as, inciden
 
 
 def test_an_unknown_permalinked_event_opens_the_newest_page(client_as, incident, small_pages):
-    for i in range(7):
+    for i in range(8):  # 5 a page: pages of 5 and 3
         add(incident, "note", T0 + timedelta(minutes=i))
     page = client_as("viewer").get(url(incident), {"event": 999999})
     assert page.context["page"].number == 2
@@ -342,7 +344,7 @@ def test_the_poll_keeps_the_filter_and_the_highlight(client_as, incident):
 
 
 def test_the_poll_skips_events_that_belong_on_an_earlier_page(client_as, incident, small_pages):
-    events = [add(incident, "note", T0 + timedelta(minutes=i)) for i in range(7)]
+    events = [add(incident, "note", T0 + timedelta(minutes=i)) for i in range(8)]
     client = client_as("viewer")
     page = client.get(url(incident))
     assert page.context["page"].number == 2
@@ -472,3 +474,15 @@ def test_query_counts_do_not_grow_with_the_events(
     with django_assert_max_num_queries(9):
         answer = poll(client, incident, params)
     assert len(inserts(answer)) == 40
+
+
+def test_a_permalink_into_the_remainder_opens_the_newest_page(client_as, incident, small_pages):
+    """12 events, 5 a page: the 11th and 12th are on page 2 (which holds the remainder), not on
+    a page 3 that does not exist."""
+    notes = [add(incident, "note", T0 + timedelta(minutes=i), f"note {i}") for i in range(12)]
+    page = client_as("viewer").get(url(incident), {"event": notes[11].pk})
+    assert page.context["page"].number == 2
+    assert page.context["highlighted"] == notes[11].pk
+    assert f'id="event-{notes[11].pk}" class="event kind-note highlighted"' in (
+        page.content.decode()
+    )

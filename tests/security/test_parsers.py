@@ -205,6 +205,15 @@ def _send(client, path: str, body, token: str):
     )
 
 
+def arbitrary_and_near_valid(valid: st.SearchStrategy) -> st.SearchStrategy:
+    """Bytes, any JSON, and valid bodies with one field broken (as JSON text)."""
+    return st.one_of(
+        st.binary(max_size=300),
+        JSON.map(json.dumps),
+        mutated(valid).map(lambda case: json.dumps(case[0])),
+    )
+
+
 def _names_a_field(response) -> bool:
     detail = response.json().get("detail")
     if isinstance(detail, list):
@@ -222,13 +231,7 @@ def _assert_accepted_or_refused_naming_a_field(client, path: str, body, token: s
 
 @pytestmark_db
 @HYPOTHESIS
-@given(
-    body=st.one_of(
-        st.binary(max_size=300),
-        JSON.map(json.dumps),
-        mutated(deploys()).map(lambda case: json.dumps(case[0])),
-    )
-)
+@given(body=arbitrary_and_near_valid(deploys()))
 def test_the_deploy_api_refuses_bad_input_with_4xx(client, deploy_token, body):
     tally("hypothesis: deploy API, arbitrary and near-valid bodies")
     _assert_accepted_or_refused_naming_a_field(client, "/api/v1/deploys", body, deploy_token)
@@ -255,13 +258,7 @@ def test_valid_deploys_are_recorded_once(client, deploy_token, body):
 
 @pytestmark_db
 @HYPOTHESIS
-@given(
-    body=st.one_of(
-        st.binary(max_size=300),
-        JSON.map(json.dumps),
-        mutated(snapshots()).map(lambda case: json.dumps(case[0])),
-    )
-)
+@given(body=arbitrary_and_near_valid(snapshots()))
 def test_the_gpu_snapshot_api_refuses_bad_input_with_4xx(client, agent_token, body):
     tally("hypothesis: GPU snapshot API, arbitrary and near-valid bodies")
     _assert_accepted_or_refused_naming_a_field(client, "/api/v1/gpu-snapshots", body, agent_token)

@@ -101,18 +101,8 @@ def run(cfg: Config) -> dict:
     workdir = Path(cfg.workdir) / "analysis"
     workdir.mkdir(parents=True, exist_ok=True)
     timeout = env_float("BENCH_ANALYSIS_TIMEOUT", 60.0)
-    worker = CeleryWorker(
-        workdir / "celery.log",
-        concurrency=cfg.celery_concurrency,
-        queue=cfg.queue,
-        hostname=f"bench-analysis-{cfg.run_id}",
-    )
-    web = Gunicorn(
-        workdir / "gunicorn.log",
-        workers=cfg.gunicorn_workers,
-        worker_class=cfg.gunicorn_class,
-        threads=cfg.gunicorn_threads,
-    )
+    worker = CeleryWorker.for_run(cfg, workdir, "analysis")
+    web = Gunicorn.for_run(cfg, workdir)
     worker.start()
     try:
         web.start()

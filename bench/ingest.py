@@ -149,19 +149,8 @@ def run(cfg: Config) -> dict:
     auth = f"Bearer {token}"
     starts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 
-    worker = CeleryWorker(
-        workdir / "celery.log",
-        concurrency=cfg.celery_concurrency,
-        queue=cfg.queue,
-        hostname=f"bench-{cfg.run_id}",
-    )
-    web = Gunicorn(
-        workdir / "gunicorn.log",
-        workers=cfg.gunicorn_workers,
-        worker_class=cfg.gunicorn_class,
-        threads=cfg.gunicorn_threads,
-        env={"VIGIL_BENCH_CEILING": "1"},
-    )
+    worker = CeleryWorker.for_run(cfg, workdir, "ingest")
+    web = Gunicorn.for_run(cfg, workdir, env={"VIGIL_BENCH_CEILING": "1"})
     worker.start()
     try:
         web.start()

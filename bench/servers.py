@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .common import PY, ROOT
+from .common import PY, ROOT, Config
 
 
 def free_port() -> int:
@@ -119,6 +119,17 @@ class Gunicorn(_Process):
         self.threads = threads
         self.port = 0
 
+    @classmethod
+    def for_run(cls, cfg: Config, workdir: Path, env: dict | None = None) -> Gunicorn:
+        """As the run's configuration says (production's set-up unless overridden)."""
+        return cls(
+            workdir / "gunicorn.log",
+            workers=cfg.gunicorn_workers,
+            worker_class=cfg.gunicorn_class,
+            threads=cfg.gunicorn_threads,
+            env=env,
+        )
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -190,6 +201,16 @@ class CeleryWorker(_Process):
         self.concurrency = concurrency
         self.queue = queue
         self.hostname = hostname
+
+    @classmethod
+    def for_run(cls, cfg: Config, workdir: Path, benchmark: str) -> CeleryWorker:
+        """The run's worker on its own queue, named after the benchmark."""
+        return cls(
+            workdir / "celery.log",
+            concurrency=cfg.celery_concurrency,
+            queue=cfg.queue,
+            hostname=f"bench-{benchmark}-{cfg.run_id}",
+        )
 
     def describe(self) -> dict:
         return {"concurrency": self.concurrency, "pool": "prefork", "queue": self.queue}

@@ -208,19 +208,9 @@ def run(cfg: Config) -> dict:
 
     token = _integration_token()
     cookie = viewer_cookie()
-    worker = CeleryWorker(
-        workdir / "celery.log",
-        concurrency=cfg.celery_concurrency,
-        queue=cfg.queue,
-        hostname=f"bench-storm-{cfg.run_id}",
-    )
+    worker = CeleryWorker.for_run(cfg, workdir, "storm")
     beat = CeleryBeat(workdir / "beat.log", schedule=workdir / "celerybeat-schedule")
-    web = Gunicorn(
-        workdir / "gunicorn.log",
-        workers=cfg.gunicorn_workers,
-        worker_class=cfg.gunicorn_class,
-        threads=cfg.gunicorn_threads,
-    )
+    web = Gunicorn.for_run(cfg, workdir)
     started_servers = []
     try:
         for server in (worker, beat, web):

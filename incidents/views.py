@@ -164,7 +164,15 @@ def _alert_row(alert) -> str:
 def _event_row(event: TimelineEvent) -> str:
     """One event of the page's recent timeline, as partials/timeline_event.html renders it
     without the timeline page's decorations (filters, highlighting, fresh events)."""
-    key = (
+    return _EVENT_ROWS.get(
+        _event_key(event),
+        lambda: get_template("partials/timeline_event.html").render({"event": event}),
+    )
+
+
+def _event_key(event: TimelineEvent) -> tuple:
+    """Every field of an event that partials/timeline_event.html shows."""
+    return (
         event.pk,
         event.incident_id,
         event.at,
@@ -172,9 +180,6 @@ def _event_row(event: TimelineEvent) -> str:
         event.actor,
         event.summary,
         value_key(event.payload),
-    )
-    return _EVENT_ROWS.get(
-        key, lambda: get_template("partials/timeline_event.html").render({"event": event})
     )
 
 
@@ -484,13 +489,7 @@ _TIMELINE_ROWS = FragmentCache(8192)
 
 def _timeline_row(event: TimelineEvent, highlighted: int | None) -> str:
     key = (
-        event.pk,
-        event.incident_id,
-        event.at,
-        event.kind,
-        event.actor,
-        event.summary,
-        value_key(event.payload),
+        *_event_key(event),
         event.same_day,
         event.family,
         event.outside_filter,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from collectors.base import Entity, Scope
 from collectors.models import Evidence
@@ -12,14 +12,25 @@ from incidents.models import Incident
 from .base import EvidenceItem, Facts
 
 
-def facts_for(incident: Incident) -> Facts:
-    alerts = list(incident_alert_facts(incident))
+def facts_for(
+    incident: Incident,
+    *,
+    alerts: Sequence | None = None,
+    evidence_rows: Iterable[Evidence] | None = None,
+) -> Facts:
+    """What the rules read of an incident. A caller that has read some of it already passes it:
+    `alerts` (what the rules read of each: labels, starts_at, ends_at), `evidence_rows` (the
+    incident's Evidence rows, in any order)."""
+    if alerts is None:
+        alerts = list(incident_alert_facts(incident))
+    if evidence_rows is None:
+        evidence_rows = Evidence.objects.filter(incident=incident)
     return Facts(
         incident_id=incident.pk,
         opened_at=incident.opened_at,
         alerts=alerts,
         scope=Scope.from_json(incident.scope),
-        evidence=evidence_items(Evidence.objects.filter(incident=incident).order_by("id")),
+        evidence=evidence_items(sorted(evidence_rows, key=lambda row: row.pk)),
     )
 
 

@@ -180,13 +180,8 @@ def analysis_expected(incident: Incident, analysis: Analysis | None) -> bool:
 def evidence_anchor_ids(incident: Incident) -> frozenset[int]:
     """Ids of the evidence that has a panel `#evidence-<id>` on the page (evidence.html)."""
     from collectors.models import Evidence
-    from collectors.presentation import PANELS
 
-    return frozenset(
-        Evidence.objects.filter(
-            incident=incident, status=Evidence.Status.OK, kind__in=list(PANELS)
-        ).values_list("pk", flat=True)
-    )
+    return _anchors_of(Evidence.objects.filter(incident=incident).only("pk", "status", "kind"))
 
 
 def format_tokens(count: int | None) -> str:
@@ -267,7 +262,7 @@ def reviewed_analysis(incident: Incident, latest: Analysis | None) -> Analysis |
 
 
 def _anchors_of(evidence_rows) -> frozenset[int]:
-    """evidence_anchor_ids over rows already read (collectors.presentation.evidence_context)."""
+    """Which of these Evidence rows have a panel on the page: the rule, in one place."""
     from collectors.models import Evidence
     from collectors.presentation import PANELS
 
@@ -358,24 +353,12 @@ def _story_alerts(incident: Incident) -> list[_StoryAlert]:
 
 def story_of(incident: Incident, evidence_rows: list | None = None) -> list:
     """build_timeline(facts_for(incident)), reading only the alerts it can show."""
-    from collectors.base import Scope
-    from collectors.models import Evidence
-
-    from .base import Facts
-    from .facts import evidence_items
+    from .facts import facts_for
     from .timeline import build_timeline
 
-    if evidence_rows is None:
-        evidence_rows = Evidence.objects.filter(incident=incident)
-    evidence = evidence_items(sorted(evidence_rows, key=lambda row: row.pk))
-    facts = Facts(
-        incident_id=incident.pk,
-        opened_at=incident.opened_at,
-        alerts=_story_alerts(incident),
-        scope=Scope.from_json(incident.scope),
-        evidence=evidence,
+    return build_timeline(
+        facts_for(incident, alerts=_story_alerts(incident), evidence_rows=evidence_rows)
     )
-    return build_timeline(facts)
 
 
 _STORIES = FragmentCache(512)

@@ -175,18 +175,25 @@ def _store_and_ingest(stored: dict, notification: AlertmanagerNotification) -> J
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _store_rejected(stored: dict, exc: PayloadError) -> JsonResponse:
-    """A malformed body is kept, marked rejected, for reprocess_deliveries after a fix."""
+def _store_alone(stored: dict, **fields) -> WebhookDelivery | None:
+    """The body stored without ingest, or None when the database cannot take it (then 503)."""
     try:
-        delivery = WebhookDelivery.objects.create(
-            **stored,
-            status=WebhookDelivery.Status.REJECTED,
-            error=str(exc),
-            attempts=1,
-            processed_at=timezone.now(),
-        )
+        return WebhookDelivery.objects.create(**stored, **fields)
     except DatabaseError:
         logger.exception("database unavailable while storing a webhook delivery")
+        return None
+
+
+def _store_rejected(stored: dict, exc: PayloadError) -> JsonResponse:
+    """A malformed body is kept, marked rejected, for reprocess_deliveries after a fix."""
+    delivery = _store_alone(
+        stored,
+        status=WebhookDelivery.Status.REJECTED,
+        error=str(exc),
+        attempts=1,
+        processed_at=timezone.now(),
+    )
+    if delivery is None:
         return _error(503, "database unavailable, retry later")
     return _error(400, exc.message, field=exc.field, delivery=delivery.pk)
 
@@ -198,15 +205,13 @@ def _store_for_later(stored: dict, exc: Exception, *, failed: bool) -> JsonRespo
     beat sweep, so Alertmanager need not retry (202); any other error marks it failed for
     `reprocess_deliveries` after a fix (500). Nothing stored at all: 503, Alertmanager retries.
     """
-    try:
-        delivery = WebhookDelivery.objects.create(
-            **stored,
-            status=WebhookDelivery.Status.FAILED if failed else WebhookDelivery.Status.RECEIVED,
-            error=f"{type(exc).__name__}: {exc}"[:4000] if failed else "",
-            attempts=1 if failed else 0,
-        )
-    except DatabaseError:
-        logger.exception("database unavailable while storing a webhook delivery")
+    delivery = _store_alone(
+        stored,
+        status=WebhookDelivery.Status.FAILED if failed else WebhookDelivery.Status.RECEIVED,
+        error=f"{type(exc).__name__}: {exc}"[:4000] if failed else "",
+        attempts=1 if failed else 0,
+    )
+    if delivery is None:
         return _error(503, "database unavailable, retry later")
     if failed:
         return _error(

@@ -414,6 +414,12 @@ def add_form(
 # --- the audit ------------------------------------------------------------------------------------
 
 
+# A preview and an approval record the writes execution will send (their dry runs went out
+# with dryRun=All, which is left off so the audit shows the exact request to be approved): the
+# audit must not present them as sent.
+PLANNED_KINDS = frozenset({ActionEvent.Kind.PREVIEWED, ActionEvent.Kind.APPROVED})
+
+
 def audit_row(event: ActionEvent) -> dict:
     proposal = event.action
     return {
@@ -422,4 +428,5 @@ def audit_row(event: ActionEvent) -> dict:
         "target": target_label(proposal),
         "exchanges": exchanges(event.requests, event.responses),
         "sent": len(event.requests or []),
+        "planned": event.kind in PLANNED_KINDS,
     }

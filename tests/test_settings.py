@@ -93,3 +93,27 @@ def test_checking_migrations_needs_no_production_secrets():
     result = run_manage("makemigrations", "--check", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "No changes detected" in result.stdout
+
+
+def _setting(name: str, **env: str) -> str:
+    code = (
+        f"import django; django.setup(); from django.conf import settings; print(settings.{name})"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "vigil.settings", **env},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_four_eyes_is_on_in_production_and_off_in_development_unless_set():
+    production = {"VIGIL_SECRET_KEY": "s" * 50, "VIGIL_ALLOWED_HOSTS": "vigil.example.com"}
+    assert _setting("VIGIL_FOUR_EYES", **production) == "True"
+    assert _setting("VIGIL_FOUR_EYES", **production, VIGIL_FOUR_EYES="0") == "False"
+    assert _setting("VIGIL_FOUR_EYES", VIGIL_DEBUG="1") == "False"
+    assert _setting("VIGIL_FOUR_EYES", VIGIL_DEBUG="1", VIGIL_FOUR_EYES="1") == "True"

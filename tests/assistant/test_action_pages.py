@@ -612,7 +612,7 @@ def _events(undo: ActionProposal, count: int) -> list[ActionEvent]:
     request = {
         "method": "PATCH",
         "path": DEPLOYMENT_PATH,
-        "query": {"dryRun": "All", "fieldManager": "vigil"},
+        "query": {"fieldManager": "vigil"},
         "content_type": "application/json-patch+json",
         "body": [{"op": "replace", "path": "/metadata/resourceVersion", "value": "812"}],
     }
@@ -621,7 +621,7 @@ def _events(undo: ActionProposal, count: int) -> list[ActionEvent]:
             action=undo,
             incident=undo.incident,
             at=start + timedelta(seconds=i),
-            kind="previewed" if i % 2 else "proposed",
+            kind="succeeded" if i % 2 else "proposed",
             actor="responder" if i % 2 else "assistant",
             detail=f"step {i}",
             requests=[request] if i % 2 else [],
@@ -641,7 +641,8 @@ def test_the_incident_audit_lists_every_step_newest_first_with_the_requests(
     assert details[:3] == ["54", "53", "52"] and len(details) == 50
     assert "page 1 of 2" in html
     assert '<details class="requests">' in html
-    assert f"PATCH {DEPLOYMENT_PATH}?dryRun=All&amp;fieldManager=vigil" in html
+    assert f"PATCH {DEPLOYMENT_PATH}?fieldManager=vigil" in html
+    assert "1 request sent, with the answers" in html
     assert "&quot;/metadata/resourceVersion&quot;" in html
     assert 'class="response-status">200<' in html
     assert f'href="/incidents/{incident.pk}/#action-{undo.pk}"' in html
@@ -683,3 +684,10 @@ def test_the_real_steps_reach_the_audit(
     kinds = re.findall(r'class="badge audit-kind kind-([a-z_]+)"', html)
     assert kinds[:2] == ["approved", "previewed"], kinds
     assert f"PATCH {DEPLOYMENT_PATH}" in html
+    # What a preview or an approval records is what execution will send, not a write made then.
+    summaries = re.findall(r'<details class="requests"><summary>([^<]*)</summary>', html)
+    assert (
+        summaries[:2]
+        == ["1 request execution will send (dry-run with dryRun=All, nothing changed)"] * 2
+    ), summaries
+    assert "request sent" not in html

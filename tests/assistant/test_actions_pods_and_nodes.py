@@ -139,7 +139,10 @@ def test_cordon_marks_the_node_unschedulable_and_a_retry_sends_nothing(world):
 
 def test_uncordon_makes_the_node_schedulable_again(world):
     action = get("uncordon-node")
+    before = world.state()
     preview = action.preview(CORDONED_NODE, {}, world.ctx())
+    assert world.state() == before  # the dry run changed nothing
+    assert world.core.read_node("gpu-node-3").spec.unschedulable is True
     assert preview.summary == "Uncordon Node gpu-node-3: the scheduler may place pods on it again"
     assert [preview_request(r) for r in preview.requests] == [
         (

@@ -6,7 +6,9 @@ compared whole, as Slack would receive it.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -81,7 +83,9 @@ def test_an_opened_incident_posts_one_message_whose_button_opens_its_timeline(st
     )
 
 
-def test_analysis_ready_replies_in_the_thread_and_updates_the_parent(standin, incident):
+def test_analysis_ready_replies_in_the_thread_and_updates_the_parent(
+    client, standin, incident, personas
+):
     opened = event_of(incident, Kind.INCIDENT_OPENED)
     announce(opened)
     analysis, event = ready_analysis(incident)
@@ -150,6 +154,13 @@ def test_analysis_ready_replies_in_the_thread_and_updates_the_parent(standin, in
         ),
     }
     assert SlackMessage.objects.get(event=event).thread_ts == "1700000000.000001"
+    # "Review" lands on the event, which links to the analysis and its review controls.
+    client.force_login(personas["responder"])
+    row = _highlighted_row(client.get(_path(permalink(event))).content.decode())
+    review = f"/incidents/{incident.pk}/#analysis"
+    assert f'<a class="goto-link" href="{review}">Review the analysis</a>' in row
+    page = client.get(_path(review)).content.decode()
+    assert 'id="analysis"' in page and ">Approve<" in page
 
 
 def test_an_llm_narrative_is_announced_with_its_model_and_its_own_ranking(standin, incident):
@@ -184,7 +195,19 @@ def test_an_llm_narrative_is_announced_with_its_model_and_its_own_ranking(standi
     assert narrative[2]["elements"][0]["url"] == permalink(narrated)
 
 
-def test_an_action_awaiting_approval_deep_links_to_its_preview(standin, incident, personas):
+def _path(url: str) -> str:
+    """The path and query of an absolute Vigil URL (what the test client requests)."""
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path
+
+
+def _highlighted_row(html: str) -> str:
+    match = re.search(r'<li id="event-\d+" class="[^"]*\bhighlighted\b.*?</li>', html, re.S)
+    assert match, "no highlighted event on the page"
+    return match.group(0)
+
+
+def test_an_action_awaiting_approval_deep_links_to_its_preview(client, standin, incident, personas):
     announce(event_of(incident, Kind.INCIDENT_OPENED))
     analysis, ready = ready_analysis(incident)
     announce(ready)
@@ -238,6 +261,15 @@ def test_an_action_awaiting_approval_deep_links_to_its_preview(standin, incident
         },
     ]
     assert permalink(previewed).endswith(f"?event={previewed.pk}#event-{previewed.pk}")
+    # Following the button as an approver: the highlighted event links to the proposal's card,
+    # where the Approve button is.
+    client.force_login(personas["approver"])
+    timeline = client.get(_path(permalink(previewed))).content.decode()
+    row = _highlighted_row(timeline)
+    card = f"/incidents/{incident.pk}/#action-{proposal.pk}"
+    assert f'<a class="goto-link" href="{card}">Open action #{proposal.pk}</a>' in row
+    page = client.get(_path(card)).content.decode()
+    assert f'id="action-{proposal.pk}"' in page and ">Approve<" in page
 
     # A second dry run of the same waiting action (an expired preview) is no news.
     remediation.preview(proposal, personas["responder"])

@@ -178,10 +178,12 @@ def analysis_expected(incident: Incident, analysis: Analysis | None) -> bool:
 
 
 def evidence_anchor_ids(incident: Incident) -> frozenset[int]:
-    """Ids of the evidence that has a panel `#evidence-<id>` on the page (evidence.html)."""
+    """Ids of the evidence the page shows under `#evidence-<id>` (evidence.html)."""
     from collectors.models import Evidence
 
-    return _anchors_of(Evidence.objects.filter(incident=incident).only("pk", "status", "kind"))
+    return _anchors_of(
+        Evidence.objects.filter(incident=incident).only("pk", "status", "kind", "collector")
+    )
 
 
 def format_tokens(count: int | None) -> str:
@@ -263,12 +265,9 @@ def reviewed_analysis(incident: Incident, latest: Analysis | None) -> Analysis |
 
 def _anchors_of(evidence_rows) -> frozenset[int]:
     """Which of these Evidence rows have a panel on the page: the rule, in one place."""
-    from collectors.models import Evidence
-    from collectors.presentation import PANELS
+    from collectors.presentation import has_anchor
 
-    return frozenset(
-        row.pk for row in evidence_rows if row.status == Evidence.Status.OK and row.kind in PANELS
-    )
+    return frozenset(row.pk for row in evidence_rows if has_anchor(row))
 
 
 def analysis_context(incident: Incident, evidence_rows: list | None = None) -> dict:

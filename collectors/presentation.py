@@ -57,11 +57,22 @@ def panels_html(panels: dict[str, list[Evidence]]) -> str:
     )
 
 
+def in_panel(row: Evidence) -> bool:
+    return row.status == Evidence.Status.OK and row.kind in PANELS
+
+
+def has_anchor(row: Evidence) -> bool:
+    """Whether the page shows this row under `#evidence-<id>`: in a panel, or on its source's
+    line (a failure, a truncation, "nothing relevant found"). The analysis links a citation
+    only when this holds, and an LLM may cite any row, so every row a source stored has one."""
+    return in_panel(row) or row.collector in COLLECTORS
+
+
 def evidence_context(incident: Incident) -> dict:
     rows = list(Evidence.objects.filter(incident=incident).order_by("collector", "id"))
     panels: dict[str, list[Evidence]] = defaultdict(list)
     for row in rows:
-        if row.status == Evidence.Status.OK and row.kind in PANELS:
+        if in_panel(row):
             panels[PANELS[row.kind]].append(row)
     reported = {row.collector for row in rows}
     sources = [
@@ -70,12 +81,13 @@ def evidence_context(incident: Incident) -> dict:
             "failed": [
                 r for r in rows if r.collector == name and r.status == Evidence.Status.FAILED
             ],
-            "truncated": [r for r in rows if r.collector == name and r.kind == "truncation"],
-            "items": sum(
-                1
+            # Shown on the source's line: truncations, "nothing relevant found".
+            "notes": [
+                r
                 for r in rows
-                if r.collector == name and r.status == Evidence.Status.OK and r.kind in PANELS
-            ),
+                if r.collector == name and r.status == Evidence.Status.OK and not in_panel(r)
+            ],
+            "items": sum(1 for r in rows if r.collector == name and in_panel(r)),
             "pending": name not in reported,
         }
         for name in COLLECTORS

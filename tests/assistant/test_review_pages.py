@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from assistant import review
 from assistant.models import Analysis
+from collectors.models import Evidence
 from incidents.models import TimelineEvent
 from tests.assistant.review_support import make_analysis, make_incident
 
@@ -120,6 +121,32 @@ def test_the_summary_is_rendered_markdown_with_citations_linked(
     assert f'id="evidence-{evidence_id}"' in html  # the panel it leads to
     assert "[#999999]" in html and 'href="#evidence-999999"' not in html
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+
+
+def test_citations_of_a_failed_source_and_an_empty_one_lead_to_their_lines(
+    client_as, incident, analysis
+):
+    """An LLM may cite any evidence row the prompt listed, failures included: each such link
+    must land on something the page shows."""
+    failed = Evidence.objects.create(
+        incident=incident,
+        collector="prometheus",
+        kind="source_error",
+        status=Evidence.Status.FAILED,
+        title="prometheus failed",
+        reason="unreachable: connection refused",
+    )
+    empty = Evidence.objects.create(
+        incident=incident, collector="gpu", kind="empty", title="gpu: nothing relevant found"
+    )
+    review.record_revision(
+        analysis, f"Metrics missing [#{failed.pk}], no GPU [#{empty.pk}].", "llm"
+    )
+    html = page(client_as("viewer"), incident)
+    for row in (failed, empty):
+        assert f'<a href="#evidence-{row.pk}" class="evidence-ref"' in html
+    assert f'id="evidence-{failed.pk}">failed: unreachable: connection refused</span>' in html
+    assert f'id="evidence-{empty.pk}">(gpu: nothing relevant found)</span>' in html
 
 
 def test_hypothesis_citations_without_a_panel_are_not_links(client_as, incident, analysis):

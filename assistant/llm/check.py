@@ -45,6 +45,8 @@ MAX_RATIONALE_CHARS = 1000
 CLUSTER_SCOPED = frozenset({"Node", "Namespace", "PersistentVolume", "StorageClass"})
 ALERTMANAGER = "Alertmanager"
 CITATION = re.compile(r"\[#(\d+)\]")
+# A citation with the spaces before it: removing one leaves no gap before the punctuation after it.
+SPACED_CITATION = re.compile(r"[ \t]*\[#(\d+)\]")
 
 
 @dataclass
@@ -470,7 +472,7 @@ def _cite_existing(text: str, evidence_ids: set[int], where: str, dropped: list[
         return text
     dropped.append(f"{where}: removed citations of evidence {_ids(missing)} that does not exist")
     gone = {str(i) for i in missing}
-    return CITATION.sub(lambda m: "" if m[1] in gone else m[0], text)
+    return SPACED_CITATION.sub(lambda m: "" if m[1] in gone else m[0], text)
 
 
 def _ids(ids: Iterable[int]) -> str:

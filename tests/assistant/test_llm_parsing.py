@@ -215,9 +215,9 @@ def test_made_up_ids_categories_actions_and_targets_are_dropped_and_recorded(
         ("crash-loop", 1.0, [12]),
         ("bad-deploy", 0.0, [11]),
     ]
-    assert n.hypotheses[0]["explanation"] == "KeyError at start [#12] ."
-    assert n.summary == "Broken [#12], see also ."
-    assert n.proposals == [Proposal("rollout-restart", CHAT, {}, "Restart [#12], see .")]
+    assert n.hypotheses[0]["explanation"] == "KeyError at start [#12]."
+    assert n.summary == "Broken [#12], see also."
+    assert n.proposals == [Proposal("rollout-restart", CHAT, {}, "Restart [#12], see.")]
     assert n.top_changed  # crash-loop is now on top, where the rules had bad-deploy
     assert n.dropped == [
         "the summary: removed citations of evidence #4242 that does not exist",

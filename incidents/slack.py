@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -130,6 +131,11 @@ def get_config() -> SlackConfig:
     )
 
 
+def _whole_seconds(config: SlackConfig) -> int:
+    """slack-sdk's clients take whole seconds: 0.5 must not become 0 (no time at all)."""
+    return max(1, math.ceil(config.timeout))
+
+
 def announcing() -> bool:
     """Whether timeline events are announced at all (nothing is enqueued otherwise)."""
     return bool(get_config().mode)
@@ -210,11 +216,11 @@ def web_call(method: Any, **kwargs: Any) -> Any:
 
 
 def web_client(config: SlackConfig) -> WebClient:
-    return WebClient(token=config.token, base_url=config.api_url, timeout=int(config.timeout))
+    return WebClient(token=config.token, base_url=config.api_url, timeout=_whole_seconds(config))
 
 
 def _send_webhook(config: SlackConfig, message: Message) -> None:
-    client = WebhookClient(config.webhook_url, timeout=int(config.timeout))
+    client = WebhookClient(config.webhook_url, timeout=_whole_seconds(config))
     try:
         response = client.send(
             text=message.text, blocks=message.blocks, unfurl_links=False, unfurl_media=False

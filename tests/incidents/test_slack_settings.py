@@ -98,3 +98,10 @@ def test_which_mode_the_settings_give(settings):
     assert config.unfurl_channels == {"C0ML"}
     settings.VIGIL_SLACK_CHANNEL = "C0DEFAULT"
     assert slack.get_config().unfurl_channels == {"C0DEFAULT", "C0ML"}
+
+
+@pytest.mark.parametrize(("seconds", "whole"), [(0.5, 1), (2.0, 2), (2.5, 3), (10, 10)])
+def test_the_clients_get_whole_seconds_and_never_zero(settings, seconds, whole):
+    settings.VIGIL_SLACK_BOT_TOKEN, settings.VIGIL_SLACK_CHANNEL = "xoxb-1", "C0DEFAULT"
+    settings.VIGIL_SLACK_TIMEOUT = seconds
+    assert slack.web_client(slack.get_config()).timeout == whole

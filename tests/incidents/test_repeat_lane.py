@@ -1,0 +1,149 @@
+"""Exact repeats of firing alerts take one UPDATE (incidents/repeats.py); anything else, the general
+path, with the same outcome as before. PostgreSQL only: elsewhere every delivery takes the
+general path, which tests/incidents/test_ingest*.py cover."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from incidents import repeats
+from incidents.models import Alert, Incident, TimelineEvent
+from tests.incidents.payloads import firing, group, post, resolved
+
+pytestmark = pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="the repeat lane is PostgreSQL's (arrays, row locks); CI runs the suite on it",
+)
+
+
+def _work(ctx) -> list[str]:
+    return [
+        q["sql"] for q in ctx.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))
+    ]
+
+
+def _state() -> list[tuple]:
+    return list(
+        Alert.objects.order_by("fingerprint").values_list(
+            "labels__pod", "status", "notification_count", "annotations"
+        )
+    )
+
+
+@pytest.mark.django_db
+def test_an_exact_repeat_is_one_update_and_changes_nothing_else(client, am_token):
+    payload = group(firing(pod="a"), firing(pod="b"))
+    first = post(client, payload, am_token).json()
+    incident = Incident.objects.get()
+    events = TimelineEvent.objects.count()
+
+    with CaptureQueriesContext(connection) as ctx:
+        answer = post(client, payload, am_token)
+    assert answer.status_code == 200
+    assert answer.json()["incidents"] == first["incidents"] == [incident.pk]
+    assert (answer.json()["alerts_updated"], answer.json()["alerts_created"]) == (2, 0)
+    work = _work(ctx)
+    assert len(work) == 2, work  # the delivery, then one UPDATE of both instances
+    assert work[0].startswith('INSERT INTO "incidents_webhookdelivery"')
+    assert work[1].lstrip().startswith("WITH incoming AS")
+    assert [row[:3] for row in _state()] == [("a", "firing", 2), ("b", "firing", 2)]
+    assert TimelineEvent.objects.count() == events
+    again = Incident.objects.get()
+    assert (again.updated_at, again.alert_count, again.firing_count) == (
+        incident.updated_at,
+        2,
+        2,
+    )
+
+
+@pytest.mark.django_db
+def test_changed_annotations_take_the_general_path_and_are_stored(client, am_token):
+    post(client, group(firing(pod="a")), am_token)
+    changed = firing(pod="a")
+    changed["annotations"] = {"summary": "now worse"}
+    with CaptureQueriesContext(connection) as ctx:
+        assert post(client, group(changed), am_token).status_code == 200
+    assert len(_work(ctx)) > 2
+    assert _state() == [("a", "firing", 2, {"summary": "now worse"})]
+
+
+@pytest.mark.django_db
+def test_a_known_alert_with_a_new_one_is_counted_once_and_the_new_one_stored(client, am_token):
+    post(client, group(firing(pod="a")), am_token)
+    assert post(client, group(firing(pod="a"), firing(pod="b")), am_token).status_code == 200
+    assert [row[:3] for row in _state()] == [("a", "firing", 2), ("b", "firing", 1)]
+    assert Incident.objects.get().alert_count == 2
+
+
+@pytest.mark.django_db
+def test_a_resolution_takes_the_general_path(client, am_token):
+    post(client, group(firing(pod="a"), firing(pod="b")), am_token)
+    assert post(client, group(resolved(pod="a"), firing(pod="b")), am_token).status_code == 200
+    assert [row[:3] for row in _state()] == [("a", "resolved", 2), ("b", "firing", 2)]
+    assert TimelineEvent.objects.filter(kind="alert_resolved").count() == 1
+    assert Incident.objects.get().firing_count == 1
+
+
+@pytest.mark.django_db
+def test_an_instance_resolved_elsewhere_is_not_counted_as_firing_again(client, am_token):
+    """This process still lists the instance as firing (another worker resolved it): the
+    UPDATE matches nothing, writes nothing, and the general path keeps the resolution final."""
+    post(client, group(firing(pod="a"), firing(pod="b")), am_token)
+    Alert.objects.filter(labels__pod="a").update(status="resolved")
+    assert post(client, group(firing(pod="a"), firing(pod="b")), am_token).status_code == 200
+    assert [row[:3] for row in _state()] == [("a", "resolved", 2), ("b", "firing", 2)]
+
+
+@pytest.mark.django_db
+def test_an_instance_this_process_has_not_seen_takes_the_general_path(client, am_token):
+    post(client, group(firing(pod="a")), am_token)
+    repeats.forget_all()  # as in another gunicorn worker
+    with CaptureQueriesContext(connection) as ctx:
+        assert post(client, group(firing(pod="a")), am_token).status_code == 200
+    assert len(_work(ctx)) == 5
+    assert [row[:3] for row in _state()] == [("a", "firing", 2)]
+    with CaptureQueriesContext(connection) as ctx:  # now seen: the lane
+        assert post(client, group(firing(pod="a")), am_token).status_code == 200
+    assert len(_work(ctx)) == 2
+    assert [row[:3] for row in _state()] == [("a", "firing", 3)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_repeats_and_resolutions_of_overlapping_alerts_count_exactly(am_token):
+    """Sixteen deliveries at once, repeats of overlapping sets and resolutions among them: every
+    notification counted exactly once per instance, resolutions final, nothing refused."""
+    pods = [f"p{i}" for i in range(8)]
+    assert post(Client(), group(*[firing(pod=p) for p in pods]), am_token).status_code == 200
+    payloads = []
+    for n in range(16):
+        chosen = pods[n % 4 : n % 4 + 5]
+        alerts = [resolved(pod=p) if (n == 9 and p == "p5") else firing(pod=p) for p in chosen]
+        payloads.append(group(*alerts))
+    expected = {p: 1 for p in pods}
+    for payload in payloads:
+        for a in payload["alerts"]:
+            expected[a["labels"]["pod"]] += 1
+    statuses: list[int] = []
+    barrier = threading.Barrier(len(payloads))
+
+    def deliver(payload):
+        barrier.wait()
+        statuses.append(post(Client(), payload, am_token).status_code)
+        connection.close()
+
+    threads = [threading.Thread(target=deliver, args=(p,)) for p in payloads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert statuses == [200] * len(payloads)
+    counts = dict(Alert.objects.values_list("labels__pod", "notification_count"))
+    assert counts == expected
+    assert Alert.objects.get(labels__pod="p5").status == "resolved"
+    assert Incident.objects.get().firing_count == len(pods) - 1

@@ -94,12 +94,14 @@ def renotify_bodies(prefix: str, starts: datetime, count: int, groups: int = GRO
     return Bodies(mode="list", items=items, groups=groups, alerts_per_body=1)
 
 
-def drain(queue: str, limit: float = 60.0) -> float:
+def drain(queue: str, limit: float = 120.0) -> float:
     """Wait (at most `limit` s) for the worker to finish what the previous case queued.
 
-    New incidents are collected, so case (a) leaves work behind; without this, the next case
-    would share the two cores with it. Countdown tasks (debounced re-collections) are not
-    waited for: they run when they are due, during whichever case that is.
+    New incidents are collected, so case (a) leaves work behind, and alerts that joined an
+    incident (case (a), the seeding of (b)) request a debounced round due VIGIL_COLLECT_DEBOUNCE
+    later; without this, the next case would share the two cores with them (measured: about 8
+    CPU-seconds of Celery during (b), half a core). So this waits for the queue, for running
+    rounds and for requested rounds not started yet.
     """
     from django.db.models import F, Q
 
@@ -117,7 +119,10 @@ def drain(queue: str, limit: float = 60.0) -> float:
                 | Q(collection_finished_at__lt=F("collection_started_at"))
             )
             .exists()
-        )
+        ) or Incident.objects.filter(
+            collection_requested_at__isnull=False,
+            collection_requested_at__gt=F("collection_started_at"),
+        ).exists()
         if not waiting and not running:
             break
         time.sleep(0.5)

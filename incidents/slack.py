@@ -749,6 +749,8 @@ def _refresh_parent(config: SlackConfig, thread: SlackThread, attempt: int) -> N
     built = incident_message(incident, url)
     digest = built.digest()
     if digest == thread.shown:
+        # In sync as of now (parents_to_refresh compares this with the incident's updated_at).
+        SlackThread.objects.filter(pk=thread.pk).update(updated_at=timezone.now())
         return
     try:
         web_call(
@@ -770,11 +772,53 @@ def _refresh_parent(config: SlackConfig, thread: SlackThread, attempt: int) -> N
                 f"Slack: the incident's message could not be updated: {exc.error}",
                 {"channel": thread.channel, "ts": thread.ts, "error": exc.error},
             )
-        SlackThread.objects.filter(pk=thread.pk).update(error=exc.error)
+        # Given up on for this change: the sweep tries again when the incident changes next.
+        SlackThread.objects.filter(pk=thread.pk).update(error=exc.error, updated_at=timezone.now())
         return
     SlackThread.objects.filter(pk=thread.pk).update(
         shown=digest, status=incident.status, error="", updated_at=timezone.now()
     )
+
+
+# Parents brought up to date per sweep: chat.update is a Tier 3 method (about 50 a minute).
+REFRESH_LIMIT = 20
+
+
+def parents_to_refresh(limit: int = REFRESH_LIMIT) -> list[int]:
+    """Threads whose incident changed after their parent was last written. Alerts that join or
+    resolve are not announced, yet they change the counts and status the parent shows."""
+    if get_config().mode != "bot":
+        return []
+    return list(
+        SlackThread.objects.exclude(ts="")
+        .filter(incident__updated_at__gt=F("updated_at"))
+        .order_by("updated_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+def refresh_parent(thread_id: int) -> str:
+    """Bring one incident's message up to date, unless a task sending its messages holds the
+    lease (it updates the parent when done). A rate limit or an outage leaves it for the next
+    sweep."""
+    config = get_config()
+    if config.mode != "bot":
+        return "off"
+    thread = SlackThread.objects.filter(pk=thread_id).exclude(ts="").first()
+    if thread is None:
+        return "ignored"
+    lease = _claim(thread)
+    if lease is None:
+        return "busy"
+    try:
+        thread.refresh_from_db()
+        _refresh_parent(config, thread, attempt=0)
+    except SlackRetry as exc:
+        logger.info("refreshing the Slack parent of thread %s: %s", thread_id, exc.reason)
+        return "later"
+    finally:
+        _release(thread, lease)
+    return "refreshed"
 
 
 def backoff(attempts: int, exc: SlackError) -> float:

@@ -134,8 +134,16 @@ def slack_unfurl(self, receipt_id: int) -> str:
 
 @shared_task(acks_late=True, max_retries=0, ignore_result=True)
 def slack_sweep() -> dict[str, int]:
-    """Announcements no signal enqueued (bulk-created events) or whose task was lost; unfurls too."""
+    """Announcements no signal enqueued (bulk-created events) or whose task was lost; unfurls
+    too; and parents that no longer show their incident's counts or status."""
     reset_broker_backoff()
     announced = sum(publish(slack_announce, pk) for pk in slack.events_to_sweep())
     unfurled = sum(publish(slack_unfurl, pk) for pk in slack_events.receipts_to_sweep())
-    return {"announcements": announced, "unfurls": unfurled}
+    refreshed = sum(publish(slack_refresh_parent, pk) for pk in slack.parents_to_refresh())
+    return {"announcements": announced, "unfurls": unfurled, "parents": refreshed}
+
+
+@shared_task(acks_late=True, max_retries=0, ignore_result=True, soft_time_limit=60, time_limit=90)
+def slack_refresh_parent(thread_id: int) -> str:
+    """Update one incident's Slack message to its current counts and status (the sweep's)."""
+    return slack.refresh_parent(thread_id)

@@ -209,7 +209,7 @@ def test_without_slack_nothing_is_enqueued_and_nothing_is_sent(client, am_token,
     services.incident_resolve(incident=incident, by="responder")
     assert enqueued == []
     assert slack.announce(event_of(incident, Kind.INCIDENT_OPENED).pk) == "off"
-    assert slack_sweep() == {"announcements": 0, "unfurls": 0}
+    assert slack_sweep() == {"announcements": 0, "unfurls": 0, "parents": 0}
     assert not SlackThread.objects.exists()
     assert not SlackMessage.objects.exists()
 

@@ -11,13 +11,14 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
+from django.utils import timezone
 
 from assistant import remediation
 from assistant.models import ActionProposal
-from incidents import services
+from incidents import services, slack
 from incidents.models import Incident, SlackMessage, SlackThread, TimelineEvent
 from incidents.tasks import slack_sweep
-from tests.incidents.payloads import group, post, resolved
+from tests.incidents.payloads import firing, group, post, resolved
 from tests.incidents.slack_support import (
     CHANNEL,
     TOKEN,
@@ -394,14 +395,67 @@ def test_auto_resolution_is_announced_by_the_sweep(
         incidents.tasks, "publish", lambda task, *args: published.append((task.name, args)) or True
     )
 
-    assert slack_sweep() == {"announcements": 1, "unfurls": 0}
-    assert published == [("incidents.tasks.slack_announce", (resolved_event.pk,))]
+    thread = SlackThread.objects.get(incident=incident)
+    assert slack_sweep() == {"announcements": 1, "unfurls": 0, "parents": 1}
+    assert published == [
+        ("incidents.tasks.slack_announce", (resolved_event.pk,)),
+        ("incidents.tasks.slack_refresh_parent", (thread.pk,)),
+    ]
     standin.forget()
     announce(resolved_event)
     assert standin.calls("chat.postMessage")[0].json["blocks"][0]["text"]["text"] == (
         "*:white_check_mark: Resolved*\nResolved: all of its alerts have resolved"
     )
-    assert slack_sweep() == {"announcements": 0, "unfurls": 0}
+    assert slack_sweep() == {"announcements": 0, "unfurls": 0, "parents": 0}
+
+
+def test_alerts_that_join_later_reach_the_parent_through_the_sweep(
+    standin, client, am_token, incident
+):
+    """Joining alerts announce nothing, yet change the parent's "N firing of M"."""
+    opened = event_of(incident, Kind.INCIDENT_OPENED)
+    announce(opened)
+    thread = SlackThread.objects.get(incident=incident)
+    labels = {"severity": "critical", "service": "chat-api"}
+    joined = group(*[firing("KVCacheHigh", pod=f"p{i}", **labels) for i in range(3)])
+    assert post(client, joined, am_token).json()["incidents"] == [incident.pk]
+    standin.forget()
+
+    assert slack.parents_to_refresh() == [thread.pk]
+    assert slack.refresh_parent(thread.pk) == "refreshed"
+    (update,) = standin.calls()
+    assert update.method == "chat.update"
+    assert update.json["blocks"] == parent_blocks(incident, permalink(opened))
+    assert update.json["blocks"][1]["fields"][4]["text"] == "*Alerts*\n4 firing of 4"
+    assert slack.parents_to_refresh() == []
+
+    # A repeat changes nothing the parent shows: no call.
+    standin.forget()
+    post(client, joined, am_token)
+    for thread_id in slack.parents_to_refresh():
+        assert slack.refresh_parent(thread_id) == "refreshed"
+    assert standin.calls() == []
+    assert slack.parents_to_refresh() == []
+
+
+def test_a_parent_refresh_waits_for_slack_and_never_races_a_sender(
+    standin, client, am_token, incident
+):
+    announce(event_of(incident, Kind.INCIDENT_OPENED))
+    thread = SlackThread.objects.get(incident=incident)
+    post(client, group(firing("KVCacheHigh", pod="p9", severity="critical")), am_token)
+    standin.forget()
+    SlackThread.objects.filter(pk=thread.pk).update(
+        lease_until=timezone.now() + timedelta(seconds=30)
+    )
+    assert slack.refresh_parent(thread.pk) == "busy"  # the lease holder updates the parent
+    assert standin.calls() == []
+    SlackThread.objects.filter(pk=thread.pk).update(lease_until=None)
+    standin.rate_limit("chat.update", retry_after=7)
+    assert slack.refresh_parent(thread.pk) == "later"
+    assert slack.parents_to_refresh() == [thread.pk]  # the next sweep tries again
+    assert slack.refresh_parent(thread.pk) == "refreshed"
+    assert slack.parents_to_refresh() == []
 
 
 def test_alert_text_cannot_inject_slack_markup(standin, client, am_token):

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
+
+from django.db import connection
+from django.test import Client
 
 from incidents.demo import alert, notification
 
@@ -41,3 +45,22 @@ def post(client, payload, token: str, path: str = "/hooks/alertmanager", **extra
         headers={"Authorization": f"Bearer {token}"},
         **extra,
     )
+
+
+def post_all_at_once(payloads: list, token: str) -> list[int]:
+    """Each payload from its own thread and database connection, released together: the
+    statuses, in the order the answers came."""
+    statuses: list[int] = []
+    barrier = threading.Barrier(len(payloads))
+
+    def deliver(payload):
+        barrier.wait()
+        statuses.append(post(Client(), payload, token).status_code)
+        connection.close()
+
+    threads = [threading.Thread(target=deliver, args=(p,)) for p in payloads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return statuses

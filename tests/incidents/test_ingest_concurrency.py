@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from incidents.models import Alert, Incident, TimelineEvent
-from tests.incidents.payloads import firing, group, post
+from tests.incidents.payloads import firing, group, post, post_all_at_once
 
 
 @pytest.mark.django_db(transaction=True)
 def test_simultaneous_deliveries_of_one_new_group_make_one_incident(am_token):
     payloads = [group(*[firing(pod=f"p{i}") for i in range(n, n + 5)]) for n in (0, 3, 0, 3, 6, 0)]
-    statuses: list[int] = []
-    barrier = threading.Barrier(len(payloads))
-
-    def deliver(payload):
-        barrier.wait()
-        statuses.append(post(Client(), payload, am_token).status_code)
-        connection.close()
-
-    threads = [threading.Thread(target=deliver, args=(p,)) for p in payloads]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-
-    assert statuses == [200] * len(payloads)
+    assert post_all_at_once(payloads, am_token) == [200] * len(payloads)
     incident = Incident.objects.get()
     assert Alert.objects.count() == 11
     assert incident.alert_count == 11 and incident.firing_count == 11

@@ -4,8 +4,6 @@ general path, which tests/incidents/test_ingest*.py cover."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from django.db import connection
 from django.test import Client
@@ -13,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 
 from incidents import repeats
 from incidents.models import Alert, Incident, TimelineEvent
-from tests.incidents.payloads import firing, group, post, resolved
+from tests.incidents.payloads import firing, group, post, post_all_at_once, resolved
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql",
@@ -128,21 +126,7 @@ def test_concurrent_repeats_and_resolutions_of_overlapping_alerts_count_exactly(
     for payload in payloads:
         for a in payload["alerts"]:
             expected[a["labels"]["pod"]] += 1
-    statuses: list[int] = []
-    barrier = threading.Barrier(len(payloads))
-
-    def deliver(payload):
-        barrier.wait()
-        statuses.append(post(Client(), payload, am_token).status_code)
-        connection.close()
-
-    threads = [threading.Thread(target=deliver, args=(p,)) for p in payloads]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-
-    assert statuses == [200] * len(payloads)
+    assert post_all_at_once(payloads, am_token) == [200] * len(payloads)
     counts = dict(Alert.objects.values_list("labels__pod", "notification_count"))
     assert counts == expected
     assert Alert.objects.get(labels__pod="p5").status == "resolved"

@@ -77,7 +77,9 @@ def write_narrative(analysis_id: int, *, model=None) -> Analysis:
         [action_json(p) for p in assistant_proposals],
         model=model,
         tokens_used_incident=tokens_used(Analysis.objects.filter(incident=incident)),
-        tokens_used_today=tokens_used(Analysis.objects.filter(created_at__gte=midnight)),
+        # By when the call was made (claimed), not when its analysis was created: a draft from
+        # before midnight narrated after it spends today's budget.
+        tokens_used_today=tokens_used(Analysis.objects.filter(llm_started_at__gte=midnight)),
     )
     return store_narration(analysis.pk, narration)
 

@@ -228,13 +228,36 @@ def test_a_draft_reviewed_before_the_narrative_arrives_is_not_rewritten(
 def test_token_budgets_count_what_earlier_analyses_used(incident, oom_rule, llm_on, monkeypatch):
     earlier = engine.run_analysis(incident.pk, enqueue_narrative=False)
     Analysis.objects.filter(pk=earlier.pk).update(
-        llm_status="ok", input_tokens=40_000, output_tokens=1_000
+        llm_status="ok", input_tokens=40_000, output_tokens=1_000, llm_started_at=timezone.now()
     )
     analysis = engine.run_analysis(incident.pk, enqueue_narrative=False)
     calls = stub_narrate(monkeypatch, narration(ok=False))
     narrative.write_narrative(analysis.pk)
     assert calls[0]["tokens_used_incident"] == 41_000
     assert calls[0]["tokens_used_today"] == 41_000
+
+
+def test_the_daily_budget_counts_calls_made_today_whenever_their_analysis_was_created(
+    incident, oom_rule, llm_on, monkeypatch
+):
+    yesterday = timezone.now() - timedelta(days=1)
+    narrated_yesterday = engine.run_analysis(incident.pk, enqueue_narrative=False)
+    Analysis.objects.filter(pk=narrated_yesterday.pk).update(
+        llm_status="ok", input_tokens=9_000, output_tokens=500, llm_started_at=yesterday
+    )
+    created_yesterday = engine.run_analysis(incident.pk, enqueue_narrative=False)
+    Analysis.objects.filter(pk=created_yesterday.pk).update(
+        created_at=yesterday,
+        llm_status="ok",
+        input_tokens=3_000,
+        output_tokens=200,
+        llm_started_at=timezone.now(),
+    )
+    analysis = engine.run_analysis(incident.pk, enqueue_narrative=False)
+    calls = stub_narrate(monkeypatch, narration(ok=False))
+    narrative.write_narrative(analysis.pk)
+    assert calls[0]["tokens_used_today"] == 3_200
+    assert calls[0]["tokens_used_incident"] == 12_700
 
 
 def test_the_sweep_re_enqueues_lost_narratives_and_gives_up_on_hopeless_ones(

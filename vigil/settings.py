@@ -389,6 +389,11 @@ VIGIL_FOUR_EYES = env_bool("VIGIL_FOUR_EYES", not DEBUG)
 # An approval needs a dry run at most this old whose target has not changed since.
 VIGIL_ACTION_PREVIEW_TTL = timedelta(seconds=env_seconds("VIGIL_ACTION_PREVIEW_TTL", 15 * 60))
 VIGIL_ACTION_REQUEST_TIMEOUT = env_seconds("VIGIL_ACTION_REQUEST_TIMEOUT", 10)
+# drain-node: evictions a PodDisruptionBudget refuses (429) are tried again every INTERVAL for up
+# to RETRY seconds, as `kubectl drain` does, while the evicted pods' replacements become ready.
+# Capped well inside the execution task's soft time limit (300 s).
+VIGIL_DRAIN_RETRY_SECONDS = min(env_seconds("VIGIL_DRAIN_RETRY_SECONDS", 60), 180)
+VIGIL_DRAIN_RETRY_INTERVAL = max(env_seconds("VIGIL_DRAIN_RETRY_INTERVAL", 5), 1)
 
 # Slack (incidents/slack.py, incidents/slack_events.py). With a bot token, each incident gets one
 # message in its channel and later updates go into its thread (the parent is updated with the

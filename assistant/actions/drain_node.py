@@ -5,9 +5,11 @@ terminate: cordon (cordon_node.py), list the pods on the Node (`fieldSelector
 spec.nodeName=X`, all namespaces), leave out DaemonSet-owned pods (their controller would put
 them straight back) and mirror pods (annotation `kubernetes.io/config.mirror`: the kubelet owns
 them), and POST a policy/v1 Eviction for each of the others with `deleteOptions.gracePeriodSeconds`.
-The API server refuses an eviction that would break a PodDisruptionBudget with 429: that pod is
-reported as blocked in the outcome (ok=False: the drain is not finished; running the action again
-later evicts what is left). Unlike kubectl, pods without a controller are evicted too (kubectl
+The API server refuses an eviction that would break a PodDisruptionBudget with 429: like kubectl,
+the drain tries those again every VIGIL_DRAIN_RETRY_INTERVAL seconds for up to
+VIGIL_DRAIN_RETRY_SECONDS (the budget frees up as the evicted pods' replacements become ready);
+a pod still refused then is reported as blocked (ok=False: the drain is not finished; running the
+action again later evicts what is left). Unlike kubectl, pods without a controller are evicted too (kubectl
 needs --force for them); the preview names them, since nothing will recreate them.
 
 The preview dry-runs the cordon and every eviction, so it shows which evictions a budget blocks
@@ -18,8 +20,10 @@ listed, and a pod gone between the list and its eviction (404) counts as gone.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
+from django.conf import settings
 from kubernetes import client
 from pydantic import Field
 
@@ -122,22 +126,7 @@ class DrainNode(BaseAction):
                 patch_unschedulable(kube, target, True, dry_run=False)
                 cordoned = True
             evict, skipped = _classify(_pods_on(kube, target))
-            evicted: list[str] = []
-            gone: list[str] = []
-            blocked: list[dict] = []
-            failed: list[dict] = []
-            for pod in evict:
-                try:
-                    status, answer = _evict(kube, pod, params.grace_seconds, dry_run=False)
-                except ActionError as exc:
-                    failed.append({"pod": _name(pod), "reason": exc.message})
-                    continue
-                if status == 429:
-                    blocked.append({"pod": _name(pod), "reason": status_message(answer)})
-                elif status == 404:
-                    gone.append(_name(pod))
-                else:
-                    evicted.append(_name(pod))
+            evicted, gone, blocked, failed = _evict_until_allowed(kube, evict, params.grace_seconds)
             ok = not blocked and not failed
             message = (
                 f"{target} {'cordoned' if cordoned else 'was already cordoned'}; "
@@ -165,6 +154,46 @@ class DrainNode(BaseAction):
                     "grace_seconds": params.grace_seconds,
                 },
             )
+
+
+def _evict_until_allowed(
+    kube: KubeSession, pods: list[dict], grace: int
+) -> tuple[list[str], list[str], list[dict], list[dict]]:
+    """(evicted, gone, blocked, failed): the evictions a budget refuses are tried again every
+    VIGIL_DRAIN_RETRY_INTERVAL seconds until VIGIL_DRAIN_RETRY_SECONDS have passed."""
+    evicted: list[str] = []
+    gone: list[str] = []
+    failed: list[dict] = []
+    deadline = _clock() + settings.VIGIL_DRAIN_RETRY_SECONDS
+    while True:
+        refused: list[tuple[dict, str]] = []
+        for pod in pods:
+            try:
+                status, answer = _evict(kube, pod, grace, dry_run=False)
+            except ActionError as exc:
+                failed.append({"pod": _name(pod), "reason": exc.message})
+                continue
+            if status == 429:
+                refused.append((pod, status_message(answer)))
+            elif status == 404:
+                gone.append(_name(pod))
+            else:
+                evicted.append(_name(pod))
+        pause = settings.VIGIL_DRAIN_RETRY_INTERVAL
+        if not refused or _clock() + pause > deadline:
+            blocked = [{"pod": _name(pod), "reason": reason} for pod, reason in refused]
+            return evicted, gone, blocked, failed
+        _wait(pause)
+        pods = [pod for pod, _ in refused]
+
+
+def _wait(seconds: float) -> None:
+    """Between two tries of the refused evictions (tests replace it, and _clock)."""
+    time.sleep(seconds)
+
+
+def _clock() -> float:
+    return time.monotonic()
 
 
 def _pods_on(kube: KubeSession, target: Entity) -> list[dict]:

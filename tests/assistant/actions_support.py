@@ -315,6 +315,13 @@ class World:
         """Every object the actions could touch, as stored now."""
         return {kind: self.kube.list_objects(kind) for kind in STATE_KINDS}
 
+    def allow_disruptions(self, allowed: int, budget: str = "chat-api") -> None:
+        """What the disruption controller does once evicted pods' replacements are ready."""
+        pdb = self.kube.get("PodDisruptionBudget", budget, NS)
+        pdb["status"]["disruptionsAllowed"] = allowed
+        with self.kube._cluster._lock:
+            self.kube._cluster._store(pdb)
+
     def writes(self) -> list[RecordedRequest]:
         return list(self.kube.requests)
 

@@ -30,6 +30,12 @@ def world():
         yield opened
 
 
+@pytest.fixture(autouse=True)
+def _drain_reports_a_blocked_pod_at_once(settings):
+    """No retries of refused evictions here unless a test asks (they would wait real seconds)."""
+    settings.VIGIL_DRAIN_RETRY_SECONDS = 0
+
+
 def pod_uid(world, name: str = POD_A) -> str:
     return world.kube.get("Pod", name, NS)["metadata"]["uid"]
 
@@ -301,6 +307,66 @@ def test_drain_cordons_evicts_reports_the_blocked_pod_and_can_run_again(world):
     assert again.message.startswith(
         "Node gpu-node-2 was already cordoned; 0 pods evicted, 1 blocked"
     )
+
+
+def test_drain_tries_a_refused_eviction_again_until_the_budget_allows(world, settings, monkeypatch):
+    """As kubectl drain does: the budget frees up once the evicted pod's replacement is ready."""
+    from assistant.actions import drain_node
+
+    settings.VIGIL_DRAIN_RETRY_SECONDS, settings.VIGIL_DRAIN_RETRY_INTERVAL = 60, 5
+    waits: list[float] = []
+
+    def wait(seconds):
+        waits.append(seconds)
+        if len(waits) == 2:  # the replacement of the first evicted pod is ready now
+            world.allow_disruptions(1)
+
+    monkeypatch.setattr(drain_node, "_wait", wait)
+    action = get("drain-node")
+    preview = action.preview(NODE, {}, world.ctx())
+    world.forget_requests()
+
+    outcome = action.execute(NODE, {}, world.ctx(), fingerprint=preview.fingerprint)
+
+    assert waits == [5, 5]
+    assert [wire(r) for r in world.writes()] == [
+        CORDON,
+        eviction(POD_A),
+        eviction(POD_B),  # 429
+        eviction("debug-shell"),
+        eviction(POD_B),  # 429 again
+        eviction(POD_B),  # allowed
+    ]
+    assert [r["status"] for r in outcome.responses] == [200, 201, 429, 201, 429, 201]
+    assert outcome.ok
+    assert outcome.message == "Node gpu-node-2 cordoned; 3 pods evicted"
+    assert outcome.result["evicted"] == [f"llm/{POD_A}", "llm/debug-shell", f"llm/{POD_B}"]
+    assert outcome.result["blocked"] == []
+
+
+def test_drain_gives_up_on_a_refused_eviction_after_the_retry_time(world, settings, monkeypatch):
+    from assistant.actions import drain_node
+
+    settings.VIGIL_DRAIN_RETRY_SECONDS, settings.VIGIL_DRAIN_RETRY_INTERVAL = 12, 5
+    clock = [1000.0]
+    waits: list[float] = []
+
+    def wait(seconds):
+        waits.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(drain_node, "_wait", wait)
+    monkeypatch.setattr(drain_node, "_clock", lambda: clock[0])
+    action = get("drain-node")
+    preview = action.preview(NODE, {}, world.ctx())
+    world.forget_requests()
+
+    outcome = action.execute(NODE, {}, world.ctx(), fingerprint=preview.fingerprint)
+
+    assert waits == [5, 5]  # tried at 0, 5 and 10 s; a fourth try at 15 s is past the 12 s
+    assert [wire(r) for r in world.writes()].count(eviction(POD_B)) == 3
+    assert not outcome.ok
+    assert [b["pod"] for b in outcome.result["blocked"]] == [f"llm/{POD_B}"]
 
 
 def test_drain_of_a_node_recreated_since_the_preview_is_a_conflict(world):

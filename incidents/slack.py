@@ -34,11 +34,13 @@ import json
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db.models import F, Q
 from django.utils import timezone
 from slack_sdk import WebClient
@@ -199,16 +201,43 @@ def _classify(status: int, error: str, headers: Any) -> SlackError:
     return SlackError(error or f"HTTP {status}", permanent=True)
 
 
+# Slack rate-limits per method and workspace: once one call is told to wait, every worker waits
+# for that method (the cache is Redis in production), instead of each incident's task finding out
+# with a 429 of its own.
+RATE_LIMIT_KEY = "vigil:slack:rate-limited:{}"
+
+
+def _shared_wait(method_name: str) -> float:
+    """Seconds left of a rate limit Slack set on this method; 0 when none, or the cache is down."""
+    try:
+        until = cache.get(RATE_LIMIT_KEY.format(method_name))
+    except Exception:  # the wait is an economy, not a guarantee: Slack enforces it anyway
+        return 0.0
+    return max(0.0, float(until) - time.time()) if until else 0.0
+
+
+def _note_rate_limit(method_name: str, seconds: float) -> None:
+    try:
+        cache.set(RATE_LIMIT_KEY.format(method_name), time.time() + seconds, math.ceil(seconds))
+    except Exception:
+        logger.warning("could not share Slack's rate limit on %s", method_name, exc_info=True)
+
+
 def web_call(method: Any, **kwargs: Any) -> Any:
     """One Web API call; every failure becomes a SlackError saying whether to retry."""
+    name = getattr(method, "__name__", "")
+    wait = _shared_wait(name)
+    if wait > 0:
+        raise SlackError("ratelimited", permanent=False, retry_after=wait)
     try:
         return method(**kwargs)
     except SlackApiError as exc:
         response = exc.response
         data = response.data if isinstance(response.data, dict) else {}
-        raise _classify(
-            response.status_code, str(data.get("error") or ""), response.headers
-        ) from exc
+        error = _classify(response.status_code, str(data.get("error") or ""), response.headers)
+        if error.retry_after is not None:
+            _note_rate_limit(name, error.retry_after)
+        raise error from exc
     except SlackClientError as exc:  # the request could not be built: retrying will not help
         raise SlackError(f"{type(exc).__name__}: {exc}", permanent=True) from exc
     except OSError as exc:  # refused, reset, timed out (URLError and socket.timeout included)

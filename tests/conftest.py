@@ -33,6 +33,16 @@ def _no_broker_backoff():
 
 
 @pytest.fixture(autouse=True)
+def _empty_cache():
+    """Each test starts with an empty cache (this process's memory): a Slack rate limit or a
+    login throttle noted by an earlier test must not carry over."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _no_repeats_seen_before():
     """Each test starts with no instance known to the repeat lane (incidents/repeats.py), as a
     fresh worker does: an earlier test's instance would cost a statement the counts pin."""

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import pytest
 from celery.exceptions import Retry
+from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
 
@@ -73,8 +74,9 @@ def failures(incident: Incident) -> list[tuple[str, dict]]:
 
 
 def elapse(event: TimelineEvent) -> None:
-    """The countdown the task asked for has passed."""
+    """The countdown the task asked for has passed, and with it any wait Slack set."""
     SlackMessage.objects.filter(event=event).update(retry_at=timezone.now() - timedelta(seconds=1))
+    cache.clear()
 
 
 @pytest.mark.django_db
@@ -102,6 +104,29 @@ def test_a_rate_limit_is_retried_after_retry_after_and_then_succeeds(
     message.refresh_from_db()
     assert (message.status, message.attempts, message.retry_at) == ("sent", 2, None)
     assert failures(incident) == []
+
+
+@pytest.mark.django_db
+def test_a_rate_limit_holds_back_every_incident_until_it_is_over(
+    standin, client, am_token, retries
+):
+    first = event_of(open_incident(client, am_token), Kind.INCIDENT_OPENED)
+    second = event_of(open_incident(client, am_token, "GPUXidError"), Kind.INCIDENT_OPENED)
+    standin.rate_limit("chat.postMessage", retry_after=7)
+    with pytest.raises(Retry):
+        slack_announce(first.pk)
+    # Another incident's message waits for the same limit without a call of its own.
+    with pytest.raises(Retry):
+        slack_announce(second.pk)
+    assert len(standin.calls("chat.postMessage")) == 1
+    assert retries[0] == 7.0 and 6.0 < retries[1] <= 7.0
+    message = SlackMessage.objects.get(event=second)
+    assert (message.status, message.error) == ("pending", "ratelimited")
+    # Other methods are not held back: Slack's limits are per method.
+    assert slack._shared_wait("chat_update") == 0.0
+
+    elapse(second)
+    assert slack_announce(second.pk) == "sent"
 
 
 @pytest.mark.django_db

@@ -11,6 +11,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 
 from assistant import remediation
@@ -454,6 +455,9 @@ def test_a_parent_refresh_waits_for_slack_and_never_races_a_sender(
     standin.rate_limit("chat.update", retry_after=7)
     assert slack.refresh_parent(thread.pk) == "later"
     assert slack.parents_to_refresh() == [thread.pk]  # the next sweep tries again
+    assert slack.refresh_parent(thread.pk) == "later"  # not before Slack's wait is over
+    assert len(standin.calls("chat.update")) == 1
+    cache.clear()  # the wait is over
     assert slack.refresh_parent(thread.pk) == "refreshed"
     assert slack.parents_to_refresh() == []
 

@@ -9,8 +9,8 @@ The API server refuses an eviction that would break a PodDisruptionBudget with 4
 the drain tries those again every VIGIL_DRAIN_RETRY_INTERVAL seconds for up to
 VIGIL_DRAIN_RETRY_SECONDS (the budget frees up as the evicted pods' replacements become ready);
 a pod still refused then is reported as blocked (ok=False: the drain is not finished; running the
-action again later evicts what is left). Unlike kubectl, pods without a controller are evicted too (kubectl
-needs --force for them); the preview names them, since nothing will recreate them.
+action again later evicts what is left). Unlike kubectl, pods without a controller are evicted
+too (kubectl needs --force for them); the preview names them, since nothing will recreate them.
 
 The preview dry-runs the cordon and every eviction, so it shows which evictions a budget blocks
 right now. Fingerprint: the Node's uid; the pods evicted are the ones on the Node at execution,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from django.core.cache import cache
 
 from assistant.engine import run_analysis
 from assistant.models import Analysis
@@ -121,6 +122,7 @@ def announce_until_settled(event: TimelineEvent) -> tuple[str, list[float]]:
         except slack.SlackRetry as exc:
             waits.append(exc.countdown)
             SlackMessage.objects.update(retry_at=None)
+            cache.clear()  # and with it the rate limit the workers share
     pytest.fail(f"the announcement never settled; waits asked: {waits}")
 
 
@@ -183,7 +185,10 @@ def test_a_failing_source_is_named_on_the_page_and_the_analysis_stands(
             outcome, waits = announce_until_settled(event)
             assert outcome == "failed"
             if fault == "429":
-                assert waits and all(w == RETRY_AFTER for w in waits)  # as Retry-After asked
+                # As Retry-After asked: the whole of it, or what is left of it when a later call
+                # of the same attempt meets the limit another call was told (shared, no request).
+                assert waits and waits[0] == RETRY_AFTER
+                assert all(RETRY_AFTER - 0.5 < w <= RETRY_AFTER for w in waits), waits
 
         failed = dict(
             Evidence.objects.filter(incident=incident, status="failed").values_list(

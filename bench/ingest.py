@@ -112,7 +112,8 @@ def drain(queue: str, limit: float = 120.0) -> float:
     while time.monotonic() - started < limit:
         with app.connection_for_write() as conn:
             waiting = conn.default_channel.client.llen(queue)
-        running = (
+        # A round running, or one requested and not started yet.
+        collecting = (
             Incident.objects.filter(collection_started_at__isnull=False)
             .filter(
                 Q(collection_finished_at__isnull=True)
@@ -123,7 +124,7 @@ def drain(queue: str, limit: float = 120.0) -> float:
             collection_requested_at__isnull=False,
             collection_requested_at__gt=F("collection_started_at"),
         ).exists()
-        if not waiting and not running:
+        if not waiting and not collecting:
             break
         time.sleep(0.5)
     return round(time.monotonic() - started, 1)

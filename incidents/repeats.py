@@ -31,7 +31,7 @@ from .models import Alert
 # tried here only when all of its alerts are among them, so a notification of new alerts costs
 # no failed attempt. A stale entry costs one statement that matches nothing; the set is cleared
 # when full, which only sends repeats down the general path until they are seen again.
-_SEEN: dict[tuple[int, str, datetime], None] = {}
+_SEEN: dict[tuple[int, tuple[str, datetime]], None] = {}
 _SEEN_MAX = 50_000
 
 
@@ -43,7 +43,7 @@ def remember(cluster_id: int, alerts: list[AlertmanagerAlert]) -> None:
         _SEEN.clear()
     for alert in alerts:
         if alert.status == Alert.Status.FIRING:
-            _SEEN[(cluster_id, alert.fingerprint, alert.startsAt)] = None
+            _SEEN[(cluster_id, alert.key)] = None
 
 
 def forget_all() -> None:
@@ -79,7 +79,7 @@ def count_exact_repeats(
         return None
     if any(alert.status != Alert.Status.FIRING for alert in incoming):
         return None
-    if any((cluster_id, a.fingerprint, a.startsAt) not in _SEEN for a in incoming):
+    if any((cluster_id, a.key) not in _SEEN for a in incoming):
         return None
     params = [
         [a.fingerprint for a in incoming],

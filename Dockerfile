@@ -13,4 +13,4 @@ RUN VIGIL_SECRET_KEY=build-only python manage.py collectstatic --noinput
 RUN useradd --system --uid 1000 vigil && mkdir -p /app/var && chown vigil /app/var
 USER vigil
 EXPOSE 8000
-CMD ["gunicorn", "vigil.wsgi", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--workers", "3", "--threads", "4"]
+CMD ["gunicorn", "vigil.wsgi", "-c", "python:vigil.gunicorn"]

@@ -143,26 +143,11 @@ class Gunicorn(_Process):
 
     def start(self) -> Gunicorn:
         self.port = free_port()
-        argv = [
-            PY,
-            "-m",
-            "gunicorn",
-            "vigil.wsgi",
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "--workers",
-            str(self.workers),
-            "--worker-class",
-            self.worker_class,
-            "--backlog",
-            "2048",
-            "--timeout",
-            "120",
-            "--graceful-timeout",
-            "5",
-        ]
-        if self.worker_class == "gthread":
-            argv += ["--threads", str(self.threads)]
+        # Production's settings module (vigil/gunicorn.py), sized through its environment.
+        self.env["WEB_CONCURRENCY"] = str(self.workers)
+        self.env["VIGIL_WEB_THREADS"] = str(self.threads)
+        argv = [PY, "-m", "gunicorn", "vigil.wsgi", "-c", "python:vigil.gunicorn"]
+        argv += ["--bind", f"127.0.0.1:{self.port}", "--worker-class", self.worker_class]
         self._spawn(argv)
         deadline = time.monotonic() + 60
         while True:

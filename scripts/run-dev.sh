@@ -14,7 +14,7 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-.venv/bin/gunicorn vigil.wsgi --bind "$ADDR" --worker-class gthread --workers 2 --threads 4 \
+WEB_CONCURRENCY=2 .venv/bin/gunicorn vigil.wsgi -c python:vigil.gunicorn --bind "$ADDR" \
   --access-logfile - &
 web=$!
 pids+=($web)

@@ -35,7 +35,7 @@ def test_it_has_every_service_the_design_names(compose):
 
 def test_app_services_run_the_commands_the_suite_runs(compose):
     services = compose["services"]
-    assert command(services["web"]).startswith("gunicorn vigil.wsgi ")
+    assert command(services["web"]) == "gunicorn vigil.wsgi -c python:vigil.gunicorn"
     assert command(services["worker"]).startswith("celery -A vigil worker")
     assert command(services["beat"]).startswith("celery -A vigil beat")
     assert command(services["migrate"]) == "python manage.py migrate --noinput"

@@ -1,0 +1,36 @@
+"""gunicorn's settings for the web processes: `gunicorn -c python:vigil.gunicorn vigil.wsgi`.
+
+The Dockerfile, docker-compose.yml, `make run` and `make bench` all start gunicorn with this
+module, so production and the benchmarks run one set-up. Size it with the environment rather
+than with flags (a `--threads` flag would not move the connection cap below):
+
+- WEB_CONCURRENCY: worker processes, default 3 (cores + 1 on the 2-core machines we measure on);
+- VIGIL_WEB_THREADS: threads per worker, default 4;
+- VIGIL_BIND: address, default 0.0.0.0:8000.
+
+Threaded workers: a webhook spends much of its time waiting on PostgreSQL, and a waiting thread
+does not hold a whole process (README, "docker-compose", has the measurements).
+"""
+
+from __future__ import annotations
+
+import os
+
+bind = os.environ.get("VIGIL_BIND", "0.0.0.0:8000")
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY", "3"))
+threads = int(os.environ.get("VIGIL_WEB_THREADS", "4"))
+
+# A gthread worker accepts connections until it holds `worker_connections` (gunicorn's default:
+# 1,000), and a keep-alive connection stays with the worker that accepted it. Alertmanager, a
+# load balancer or a load generator opens its connections in a burst and keeps them, so one
+# worker could take them all and serve them on one core (one interpreter lock) while the others
+# idle: measured with `make bench` ingest, case (a) ran on a single process at 159 req/s, and at
+# 249 req/s spread over three with this cap. Twice the threads leaves each worker room for
+# idle keep-alive connections; a client beyond every worker's cap waits in the listen backlog
+# until a connection closes (keep-alive lasts gunicorn's 2 s).
+worker_connections = 2 * threads
+
+backlog = 2048
+timeout = 120
+graceful_timeout = 5

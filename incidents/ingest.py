@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from vigil.celery import publish_on_commit
 
-from . import repeats
+from . import bulk, repeats
 from .alertmanager import (
     AlertmanagerAlert,
     AlertmanagerNotification,
@@ -160,10 +160,11 @@ def ingest_notification(
             changed.add(incident.pk)
         result.incident_ids.add(incident.pk)
 
-    # One INSERT for the incident's opening line and the alerts' lines.
-    TimelineEvent.objects.bulk_create([*announced, *events])
+    # The opening line is announced, which needs its id; the alerts' lines are not.
+    TimelineEvent.objects.bulk_create(announced)
     for event in announced:  # bulk_create sends no post_save: announce as a save would
         announce_timeline_event(TimelineEvent, event, created=True)
+    bulk.insert_all(events)
     recollect = _roll_up(
         result.incident_ids,
         bumps,
@@ -476,7 +477,7 @@ def _create_instances(
         )
         for a in new
     ]
-    Alert.objects.bulk_create(rows)
+    bulk.insert_all(rows)
     for alert, row in zip(new, rows, strict=True):
         kind = (
             TimelineEvent.Kind.ALERT_FIRING

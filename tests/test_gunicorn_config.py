@@ -12,7 +12,9 @@ import pytest
 def printed_config(**env: str) -> dict[str, str]:
     """gunicorn's resolved settings for `-c python:vigil.gunicorn` under `env`."""
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:vigil.gunicorn", "--print-config"]
-    clean = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "VIGIL_WEB_THREADS")}
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "VIGIL_WEB_THREADS")
+    }
     out = subprocess.run(
         [*argv, "vigil.wsgi"],
         env={**clean, **env},

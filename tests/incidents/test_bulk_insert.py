@@ -1,0 +1,133 @@
+"""incidents.bulk.insert_all: COPY on PostgreSQL, bulk_create elsewhere, the same rows either way."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from assistant.models import ActionProposal
+from incidents import bulk
+from incidents.models import Alert, Cluster, Incident, TimelineEvent
+
+STARTS = datetime(2026, 12, 7, 1, 2, 3, 456789, tzinfo=UTC)
+
+
+@pytest.fixture
+def incident(db) -> Incident:
+    cluster = Cluster.objects.create(name="bulk")
+    return Incident.objects.create(
+        cluster=cluster, title="t", grouping_key="{}:{}", group_hash="h" * 64
+    )
+
+
+def _alerts(incident: Incident, n: int, prefix: str = "f") -> list[Alert]:
+    return [
+        Alert(
+            cluster=incident.cluster,
+            incident=incident,
+            fingerprint=f"{prefix}{i}",
+            starts_at=STARTS + timedelta(seconds=i),
+            ends_at=None if i % 2 else STARTS + timedelta(minutes=5),
+            status="firing" if i % 2 else "resolved",
+            alertname="GPUHot",
+            # What COPY must carry intact: quotes, backslashes, tabs, newlines, non-ASCII.
+            labels={"alertname": "GPUHot", "pod": f'p"{i}\\x\ty\n', "note": "héllo ✓"},
+            annotations={} if i % 3 else {"summary": "a\\b", "runbook": None},
+            generator_url="http://prom/graph?g0.expr=up%3D%3D0" if i % 2 else "",
+            group_hash="h" * 64,
+        )
+        for i in range(n)
+    ]
+
+
+def _stored() -> list[tuple]:
+    return list(
+        Alert.objects.order_by("fingerprint").values_list(
+            "fingerprint",
+            "starts_at",
+            "ends_at",
+            "status",
+            "labels",
+            "annotations",
+            "generator_url",
+            "notification_count",
+            "first_seen_at",
+        )
+    )
+
+
+@pytest.mark.django_db
+def test_rows_come_back_as_the_orm_would_have_stored_them(incident):
+    Alert.objects.bulk_create(_alerts(incident, 7))
+    expected = _stored()
+    Alert.objects.all().delete()
+
+    bulk.insert_all(_alerts(incident, 7))
+
+    stored = _stored()
+    assert len(stored) == 7
+    # first_seen_at defaults to the moment each instance was built: compare the rest exactly.
+    assert [row[:-1] for row in stored] == [row[:-1] for row in expected]
+    assert all(row[-1] is not None for row in stored)
+
+
+@pytest.mark.django_db
+def test_timeline_lines_keep_their_order_and_payloads(incident):
+    events = [
+        TimelineEvent(
+            incident=incident,
+            at=STARTS,
+            kind="alert_firing",
+            actor="alertmanager",
+            summary=f"line {i}",
+            payload={"labels": {"i": str(i)}, "quote": "'\"", "nothing": None},
+        )
+        for i in range(5)
+    ]
+    bulk.insert_all(events)
+    rows = list(TimelineEvent.objects.order_by("id").values_list("summary", "payload"))
+    assert rows == [
+        (f"line {i}", {"labels": {"i": str(i)}, "quote": "'\"", "nothing": None}) for i in range(5)
+    ]
+
+
+@pytest.mark.django_db
+def test_a_duplicate_instance_is_an_integrity_error_and_inserts_nothing(incident):
+    """ingest retries a delivery whose insert collided with a concurrent one's (IntegrityError)."""
+    bulk.insert_all(_alerts(incident, 2))
+    with pytest.raises(IntegrityError), transaction.atomic():
+        bulk.insert_all(_alerts(incident, 3, prefix="g") + _alerts(incident, 1))
+    assert Alert.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_it_is_one_statement_in_the_query_log_and_the_execute_wrappers(incident):
+    seen = []
+
+    def wrapper(execute, sql, params, many, context):
+        seen.append((sql, len(params)))
+        return execute(sql, params, many, context)
+
+    with CaptureQueriesContext(connection) as ctx, connection.execute_wrapper(wrapper):
+        bulk.insert_all(_alerts(incident, 50))
+    assert len(ctx.captured_queries) == 1
+    assert len(seen) == 1
+    if connection.vendor == "postgresql":
+        assert seen[0] == (ctx.captured_queries[0]["sql"].split(" -- ")[0], 50)
+        assert seen[0][0].startswith('COPY "incidents_alert"')
+    assert Alert.objects.count() == 50
+
+
+@pytest.mark.django_db
+def test_nothing_to_insert_sends_nothing():
+    with CaptureQueriesContext(connection) as ctx:
+        bulk.insert_all([])
+    assert ctx.captured_queries == []
+
+
+def test_a_model_that_needs_pre_save_is_refused():
+    with pytest.raises(ValueError, match="updated_at needs pre_save"):
+        bulk._columns(ActionProposal)

@@ -95,17 +95,40 @@ def _finish(delivery: WebhookDelivery, status: str, *, error: str) -> None:
     delivery.save(update_fields=["status", "error", "processed_at", "attempts", "alert_count"])
 
 
+def store_exact_repeats(
+    delivery: dict, notification: AlertmanagerNotification
+) -> tuple[int, IngestResult] | None:
+    """The webhook's shortcut, in autocommit: (delivery id, result) when the notification was
+    all exact repeats of firing instances, counted and its delivery stored by one statement
+    (incidents.repeats); None, with nothing written, for anything else (then: the general path).
+
+    `delivery`: the WebhookDelivery fields the hook stores (integration, body, ...).
+    """
+    incoming = _dedupe(notification.alerts)
+    cluster_id = delivery["integration"].cluster_id
+    stored = repeats.store_and_count(
+        delivery, len(notification.alerts), cluster_id, incoming, timezone.now()
+    )
+    if stored is None:
+        return None
+    delivery_id, incident_ids = stored
+    return delivery_id, IngestResult(incident_ids=incident_ids, alerts_updated=len(incoming))
+
+
 def ingest_notification(
-    *, cluster: Cluster, notification: AlertmanagerNotification
+    *, cluster: Cluster, notification: AlertmanagerNotification, repeats_tried: bool = False
 ) -> IngestResult:
-    """Upsert the notification's alert instances into incidents; call inside a transaction."""
+    """Upsert the notification's alert instances into incidents; call inside a transaction.
+
+    `repeats_tried`: the caller tried `store_exact_repeats` just now; the repeat lane is skipped.
+    """
     now = timezone.now()
     result = IngestResult()
     incoming = _dedupe(notification.alerts)
     if not incoming:
         return result
     # Most notifications in a storm, and every repeat_interval's, change nothing but counts.
-    repeated = repeats.count_exact_repeats(cluster.pk, incoming, now)
+    repeated = None if repeats_tried else repeats.count_exact_repeats(cluster.pk, incoming, now)
     if repeated is not None:
         result.incident_ids = repeated
         result.alerts_updated = len(incoming)
@@ -178,7 +201,6 @@ def ingest_notification(
         publish_on_commit(_collect_evidence_task(), incident_id)
     for incident_id in recollect:
         _publish_debounced_round(incident_id)
-    repeats.remember(cluster.pk, incoming)
     return result
 
 

@@ -42,16 +42,6 @@ def _empty_cache():
     yield
 
 
-@pytest.fixture(autouse=True)
-def _no_repeats_seen_before():
-    """Each test starts with no instance known to the repeat lane (incidents/repeats.py), as a
-    fresh worker does: an earlier test's instance would cost a statement the counts pin."""
-    from incidents import repeats
-
-    repeats.forget_all()
-    yield
-
-
 @pytest.fixture
 def make_user(db):
     from django.contrib.auth import get_user_model

@@ -176,6 +176,29 @@ def test_nanosecond_times_and_offsets_are_accepted(client, am_token):
     assert alert.starts_at.isoformat() == "2026-11-23T10:00:00.123456+00:00"
 
 
+def test_only_what_changed_is_written_back(client, am_token):
+    """The general path compares each known instance as stored with what came in: a resolution
+    is written, an unchanged instance only counted, changed annotations refreshed."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    post(client, group(firing(pod="a"), firing(pod="b"), firing(pod="c")), am_token)
+    changed = firing(pod="c")
+    changed["annotations"] = {"summary": "worse"}
+    with CaptureQueriesContext(connection) as ctx:
+        payload = group(resolved(pod="a"), firing(pod="b"), changed)
+        assert post(client, payload, am_token).status_code == 200
+    writes = [
+        q["sql"]
+        for q in ctx.captured_queries
+        if q["sql"].startswith('UPDATE "incidents_alert"') and '"annotations"' in q["sql"]
+    ]
+    assert len(writes) == 2, writes  # a's resolution, c's annotations; nothing for b
+    rows = dict(Alert.objects.values_list("labels__pod", "annotations"))
+    assert rows["c"] == {"summary": "worse"} and rows["b"] == rows["a"] != rows["c"]
+    assert Alert.objects.get(labels__pod="a").status == "resolved"
+
+
 def test_all_alerts_resolving_resolves_the_incident(client, am_token):
     post(client, group(firing(pod="a"), firing(pod="b")), am_token)
     post(client, group(resolved(pod="a"), firing(pod="b")), am_token)

@@ -139,13 +139,13 @@ def ingest_notification(
     key_hash = group_hash(notification.groupKey)
     group_incident = _open_incidents(cluster).filter(group_hash=key_hash).first()
     locked = {group_incident.pk: group_incident} if group_incident else {}
-    known_firing: dict[int, int] = {}  # firing counts known without counting (new incidents)
+    added_firing: dict[int, int] = {}  # firing instances this delivery inserted, by incident
     existing = _existing_instances(cluster, incoming)
     new = [a for a in incoming if a.key not in existing]
     events: list[TimelineEvent] = []
     announced: list[TimelineEvent] = []  # events a save would have announced (post_save)
 
-    changed: set[int] = set()  # incidents whose alerts changed status here: counted again
+    changed: set[int] = set()  # incidents whose stored alerts changed status here: recounted
     if existing:
         changed |= _update_existing(incoming, existing, now, events)
         result.alerts_updated = len(existing)
@@ -170,8 +170,6 @@ def ingest_notification(
                     result.incident_ids.update(row.incident_id for row in stored.values())
             if how != "filed":  # every other way ends holding the incident's row lock
                 locked[incident.pk] = incident
-            if how in ("opened", "recorded"):
-                known_firing[incident.pk] = sum(a.status == "firing" for a in new)
         if how in ("opened", "reopened"):
             result.opened.append(incident.pk)
         elif new and incident.status != Incident.Status.RESOLVED:
@@ -181,7 +179,7 @@ def ingest_notification(
                 cluster, incident, notification, new, now, events
             )
             result.alerts_created = len(new)
-            changed.add(incident.pk)
+            added_firing[incident.pk] = sum(a.status == "firing" for a in new)
         result.incident_ids.add(incident.pk)
 
     # The opening line is announced, which needs its id; the alerts' lines are not.
@@ -196,7 +194,7 @@ def ingest_notification(
         joined=set(result.joined),
         locked=locked,
         changed=changed,
-        known_firing=known_firing,
+        added_firing=added_firing,
     )
     for incident_id in result.opened:
         publish_on_commit(_collect_evidence_task(), incident_id)
@@ -593,16 +591,19 @@ def _roll_up(
     joined: set[int],
     locked: dict[int, Incident],
     changed: set[int],
-    known_firing: dict[int, int],
+    added_firing: dict[int, int],
 ) -> list[int]:
     """One update per incident: counters, severity, a re-collection request for the ones new
     alerts `joined`; auto-resolve when no alert is firing. Returns the incidents for which a
     debounced collection round is to be published (collectors.tasks.debounced_request).
 
     `locked`: incidents this transaction already holds the row lock of (read under it);
-    `changed`: incidents whose alerts this delivery inserted or resolved, whose firing alerts are
-    counted again (the others keep the count read under the lock: whoever changes an alert's
-    status recounts); `known_firing`: counts that need no query (incidents it opened).
+    `changed`: incidents with a stored alert resolved here, whose firing alerts are counted again
+    (a resolved instance may belong to an incident this delivery locked only afterwards);
+    `added_firing`: firing instances inserted here, added to the count read under the lock.
+    Only ingest changes an alert's status or an incident's count, always under the incident's
+    lock, so the count read under it is exact, and counting a big incident's alerts again on
+    every notification that adds one (a storm) would cost a query growing with the incident.
     """
     if not incident_ids:
         return []
@@ -638,8 +639,9 @@ def _roll_up(
             )
         ):
             state[pk] = tuple(rest)
-    firing = {pk: row[0] for pk, row in state.items() if pk not in changed}
-    firing.update(known_firing)
+    firing = {
+        pk: row[0] + added_firing.get(pk, 0) for pk, row in state.items() if pk not in changed
+    }
     to_count = incident_ids - firing.keys()
     if to_count:
         firing.update(

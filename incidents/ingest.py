@@ -256,7 +256,7 @@ def _locked_instances(cluster: Cluster, incoming: list[AlertmanagerAlert]) -> li
 # 3,456 alerts, growing with the table).
 _LOCKED_INSTANCES = """
 WITH wanted AS (
-    SELECT s.id FROM unnest(%s::text[], %s::timestamptz[]) AS i(fingerprint, starts_at)
+    SELECT s.id FROM jsonb_to_recordset(%s::jsonb) AS i(fingerprint text, starts_at timestamptz)
     CROSS JOIN LATERAL (
         SELECT id FROM incidents_alert
         WHERE cluster_id = %s AND fingerprint = i.fingerprint AND starts_at = i.starts_at
@@ -272,10 +272,11 @@ FROM (SELECT id FROM wanted ORDER BY id) w CROSS JOIN LATERAL (
 
 def _locked_instances_postgresql(cluster_id: int, incoming: list[AlertmanagerAlert]) -> list:
     with connection.cursor() as cursor:
-        cursor.execute(
-            _LOCKED_INSTANCES,
-            [[a.fingerprint for a in incoming], [a.startsAt for a in incoming], cluster_id],
-        )
+        # One JSON document, not arrays: incidents.repeats._count_params says why.
+        keys = [
+            {"fingerprint": a.fingerprint, "starts_at": a.startsAt.isoformat()} for a in incoming
+        ]
+        cursor.execute(_LOCKED_INSTANCES, [json.dumps(keys), cluster_id])
         rows = cursor.fetchall()
     # jsonb as psycopg loads it (a dict), or as text where a loader keeps it so.
     return [

@@ -45,8 +45,8 @@ from .models import Alert, WebhookDelivery
 # updated by id: 1.7 ms for the same 50 (EXPLAIN ANALYZE, PostgreSQL 15).
 COUNT_REPEATS = """
 WITH incoming AS (
-    SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::jsonb[], %s::text[])
-        AS i(fingerprint, starts_at, annotations, generator_url)
+    SELECT * FROM jsonb_to_recordset(%s::jsonb)
+        AS i(fingerprint text, starts_at timestamptz, annotations jsonb, generator_url text)
 ), wanted AS (
     SELECT s.id, i.annotations, i.generator_url FROM incoming i CROSS JOIN LATERAL (
         SELECT id FROM incidents_alert
@@ -96,11 +96,19 @@ def _candidates(incoming: list[AlertmanagerAlert]) -> bool:
 
 
 def _count_params(cluster_id: int, incoming: list[AlertmanagerAlert], now: datetime) -> list:
+    # One JSON document rather than four arrays: psycopg quotes a string in C, but escapes an
+    # array's elements one by one in Python (1.8 ms of a 50-alert notification's 19 ms).
+    rows = [
+        {
+            "fingerprint": a.fingerprint,
+            "starts_at": a.startsAt.isoformat(),
+            "annotations": a.annotations,
+            "generator_url": a.generatorURL,
+        }
+        for a in incoming
+    ]
     return [
-        [a.fingerprint for a in incoming],
-        [a.startsAt for a in incoming],
-        [json.dumps(a.annotations) for a in incoming],
-        [a.generatorURL for a in incoming],
+        json.dumps(rows),
         cluster_id,
         Alert.Status.FIRING.value,
         now,

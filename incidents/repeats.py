@@ -42,7 +42,10 @@ from .models import Alert, WebhookDelivery
 # 50 alerts over 3,456 rows, growing with the table). Each incoming alert is looked up on the
 # unique index (the LATERAL … LIMIT 1 cannot be flattened into a join), the rows found are
 # locked one by one in id order (the lock order every writer keeps), re-checked as locked, and
-# updated by id: 1.7 ms for the same 50 (EXPLAIN ANALYZE, PostgreSQL 15).
+# updated by id: 1.7 ms for the same 50 (EXPLAIN ANALYZE, PostgreSQL 15). The update takes the
+# ids as an array: `id IN (SELECT …)` let the planner, which guesses 100 rows for a function
+# over a JSON document, hash-join a sequential scan of the table (2.6 ms for one alert over
+# 3,306 rows, 0.5 ms by the primary key).
 COUNT_REPEATS = """
 WITH incoming AS (
     SELECT * FROM jsonb_to_recordset(%s::jsonb)
@@ -62,7 +65,7 @@ WITH incoming AS (
     ) a
 ), counted AS (
     UPDATE incidents_alert SET notification_count = notification_count + 1, last_seen_at = %s
-    WHERE id IN (SELECT id FROM matched) AND (SELECT count(*) FROM matched) = %s
+    WHERE id = ANY (ARRAY(SELECT id FROM matched)) AND (SELECT count(*) FROM matched) = %s
     RETURNING incident_id
 )
 """

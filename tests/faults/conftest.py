@@ -372,6 +372,8 @@ class Vigil:
         return proc
 
     def start_web(self, workers: int = 2, **extra: str) -> str:
+        """gunicorn as production runs it (vigil/gunicorn.py: threaded workers, each with a
+        connection cap), sized through its environment."""
         port = free_port()
         proc = self._spawn(
             "gunicorn",
@@ -380,16 +382,12 @@ class Vigil:
                 "-m",
                 "gunicorn",
                 "vigil.wsgi",
+                "-c",
+                "python:vigil.gunicorn",
                 "--bind",
                 f"127.0.0.1:{port}",
-                "--workers",
-                str(workers),
-                "--timeout",
-                "120",
-                "--graceful-timeout",
-                "5",
             ],
-            **extra,
+            **{"WEB_CONCURRENCY": str(workers), **extra},
         )
         self.web_url = f"http://127.0.0.1:{port}"
 

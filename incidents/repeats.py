@@ -5,7 +5,8 @@ alerts arrive many times a minute, so most notifications change nothing but each
 notification count and last-seen time. The general path (ingest.ingest_notification) locks the
 group's incident, reads the instances, bumps them and updates the incident. When every alert of a
 notification is a stored instance that is still firing, with the same annotations and link, this
-lane does all of it in one UPDATE that counts every instance or none: the conditions are checked
+lane does all of it in one statement that counts every instance or none (from the webhook, the
+same statement stores the delivery): the conditions are checked
 in the database, on the rows as they are when locked, so a concurrent resolution or edit sends
 the notification down the general path instead. Nothing else changes for such a notification:
 no timeline line, no counter, no re-collection, and the incident's `updated_at` stays (it marks
@@ -20,7 +21,8 @@ sent about half the repeats of `make bench` ingest (b) down the general path (50
 866 with every one tried, at scale 0.5 on 2026-12-07). A notification with a new alert pays
 one statement that finds nothing, on the unique index: (a) and (c) were unchanged.
 
-PostgreSQL only (SQLite has neither arrays nor row locks): elsewhere the general path does it.
+PostgreSQL only (SQLite has neither jsonb_to_recordset nor row locks): elsewhere the general
+path does it.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def test_database_and_broker_urls_switch_backends():
         },
     )
     assert result.stdout.split() == [
-        "django.db.backends.postgresql",
+        "vigil.backends.postgresql",
         "redis://r:6379/0",
         "redis://r:6379/0",
     ]

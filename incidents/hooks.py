@@ -144,19 +144,20 @@ def _store_and_ingest(stored: dict, notification: AlertmanagerNotification) -> J
 
     First, a notification of exact repeats (Alertmanager's repeat_interval, a storm's tail) is
     stored and counted by one statement, its own transaction; anything else it leaves untouched
-    for the general path.
+    for the general path, telling it when none of the instances was stored (a first try then
+    skips reading them: ingest_notification's `none_stored`).
     """
     # Inside a caller's transaction (tests, a management command), a savepoint keeps a failed
     # attempt from aborting it; in a request (autocommit) the statement is the transaction.
     lane = transaction.atomic() if connection.in_atomic_block else nullcontext()
     try:
         with lane:
-            repeated = ingest.store_exact_repeats(stored, notification)
+            tried = ingest.store_exact_repeats(stored, notification)
     except DatabaseError:
         logger.info("the repeat lane failed; the general path takes the delivery", exc_info=True)
-        repeated = None
-    if repeated is not None:
-        return _ingested(*repeated)
+        tried = ingest.LaneTried()
+    if tried.stored is not None:
+        return _ingested(*tried.stored)
     for attempt in range(1, INGEST_ATTEMPTS + 1):
         try:
             with transaction.atomic():
@@ -171,6 +172,8 @@ def _store_and_ingest(stored: dict, notification: AlertmanagerNotification) -> J
                     cluster=stored["integration"].cluster,
                     notification=notification,
                     repeats_tried=True,
+                    # What the lane saw holds for a first try; a collision means it no longer does.
+                    none_stored=tried.none_stored and attempt == 1,
                 )
         except (DatabaseError, ObjectDoesNotExist) as exc:
             if attempt < INGEST_ATTEMPTS and _is_collision(exc):

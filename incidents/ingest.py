@@ -96,32 +96,50 @@ def _finish(delivery: WebhookDelivery, status: str, *, error: str) -> None:
     delivery.save(update_fields=["status", "error", "processed_at", "attempts", "alert_count"])
 
 
-def store_exact_repeats(
-    delivery: dict, notification: AlertmanagerNotification
-) -> tuple[int, IngestResult] | None:
-    """The webhook's shortcut, in autocommit: (delivery id, result) when the notification was
-    all exact repeats of firing instances, counted and its delivery stored by one statement
-    (incidents.repeats); None, with nothing written, for anything else (then: the general path).
+@dataclass(frozen=True)
+class LaneTried:
+    """What the webhook's repeat lane did with a notification: `stored` (delivery id, result)
+    when it took all of it; otherwise `none_stored` says whether it found not one of the
+    instances stored, which spares the general path its read of them."""
+
+    stored: tuple[int, IngestResult] | None = None
+    none_stored: bool = False
+
+
+def store_exact_repeats(delivery: dict, notification: AlertmanagerNotification) -> LaneTried:
+    """The webhook's shortcut, in autocommit: when the notification is all exact repeats of
+    firing instances, one statement counts them and stores the delivery (incidents.repeats);
+    for anything else it writes nothing, and the general path takes the notification.
 
     `delivery`: the WebhookDelivery fields the hook stores (integration, body, ...).
     """
     incoming = _dedupe(notification.alerts)
     cluster_id = delivery["integration"].cluster_id
-    stored = repeats.store_and_count(
+    lane = repeats.store_and_count(
         delivery, len(notification.alerts), cluster_id, incoming, timezone.now()
     )
-    if stored is None:
-        return None
-    delivery_id, incident_ids = stored
-    return delivery_id, IngestResult(incident_ids=incident_ids, alerts_updated=len(incoming))
+    if lane is None:
+        return LaneTried()
+    if lane.delivery_id is None:
+        return LaneTried(none_stored=lane.known == 0)
+    result = IngestResult(incident_ids=lane.incident_ids, alerts_updated=len(incoming))
+    return LaneTried(stored=(lane.delivery_id, result))
 
 
 def ingest_notification(
-    *, cluster: Cluster, notification: AlertmanagerNotification, repeats_tried: bool = False
+    *,
+    cluster: Cluster,
+    notification: AlertmanagerNotification,
+    repeats_tried: bool = False,
+    none_stored: bool = False,
 ) -> IngestResult:
     """Upsert the notification's alert instances into incidents; call inside a transaction.
 
     `repeats_tried`: the caller tried `store_exact_repeats` just now; the repeat lane is skipped.
+    `none_stored`: that lane, a moment ago, found none of the instances stored, so they are not
+    read again (one statement less for every notification of new alerts). One stored since, by
+    a concurrent delivery, is caught by the unique index: the insert raises IntegrityError, the
+    transaction rolls back, and the caller tries again without this.
     """
     now = timezone.now()
     result = IngestResult()
@@ -140,7 +158,7 @@ def ingest_notification(
     group_incident = _open_incidents(cluster).filter(group_hash=key_hash).first()
     locked = {group_incident.pk: group_incident} if group_incident else {}
     added_firing: dict[int, int] = {}  # firing instances this delivery inserted, by incident
-    existing = _existing_instances(cluster, incoming)
+    existing = {} if none_stored else _existing_instances(cluster, incoming)
     new = [a for a in incoming if a.key not in existing]
     events: list[TimelineEvent] = []
     announced: list[TimelineEvent] = []  # events a save would have announced (post_save)

@@ -135,6 +135,50 @@ def test_a_database_error_in_the_lane_leaves_the_delivery_to_the_general_path(
     assert WebhookDelivery.objects.filter(status="processed").count() == 2
 
 
+@pytest.mark.django_db
+def test_what_the_lane_found_spares_the_general_path_its_read(client, am_token):
+    post(client, group(firing(pod="a")), am_token)
+    with CaptureQueriesContext(connection) as ctx:
+        answer = post(client, group(firing(pod="b"), firing(pod="c")), am_token).json()
+    assert answer["alerts_created"] == 2
+    reads = [q["sql"] for q in ctx.captured_queries if "FOR UPDATE" in q["sql"]]
+    # The group's incident is still locked; the instances, which the lane found none of, are
+    # not looked up again.
+    assert len(reads) == 2 and "incidents_incident" in reads[1], reads
+    # A notification mixing a stored instance with a new one is read as before.
+    with CaptureQueriesContext(connection) as ctx:
+        answer = post(client, group(firing(pod="a"), firing(pod="d")), am_token).json()
+    assert (answer["alerts_created"], answer["alerts_updated"]) == (1, 1)
+    assert any(
+        "jsonb_to_recordset" in q["sql"] and "incidents_webhookdelivery" not in q["sql"]
+        for q in ctx.captured_queries
+    )
+
+
+@pytest.mark.django_db
+def test_an_instance_stored_after_the_lane_looked_is_counted_not_duplicated(
+    client, am_token, monkeypatch
+):
+    """A concurrent delivery stores the alert between the lane's look and the general path:
+    the unique index refuses the second insert, and ingest tries again, reading it."""
+    post(client, group(firing(pod="a")), am_token)
+    looked = []
+
+    def saw_nothing(*args, **kwargs):
+        looked.append(1)
+        return repeats.Lane(None, set(), 0)  # as if it ran just before the alert was stored
+
+    monkeypatch.setattr(repeats, "store_and_count", saw_nothing)
+    answer = post(client, group(firing(pod="a"), firing(pod="b")), am_token)
+    assert answer.status_code == 200, answer.content
+    assert looked == [1]
+    assert (answer.json()["alerts_created"], answer.json()["alerts_updated"]) == (1, 1)
+    assert [row[:3] for row in _state()] == [("a", "firing", 2), ("b", "firing", 1)]
+    incident = Incident.objects.get()
+    assert (incident.alert_count, incident.firing_count) == (2, 2)
+    assert TimelineEvent.objects.filter(kind="alert_firing").count() == 2
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_repeats_and_resolutions_of_overlapping_alerts_count_exactly(am_token):
     """Sixteen deliveries at once, repeats of overlapping sets and resolutions among them: every

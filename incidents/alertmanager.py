@@ -155,16 +155,18 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
-def _decode(body: bytes) -> Any:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError("", f"body is not valid JSON ({exc})") from exc
-    except RecursionError as exc:  # nesting deeper than the decoder's recursion limit
-        raise PayloadError("", "body is not valid JSON (nested too deeply)") from exc
+def _decode(body: bytes, decoded: Any = None) -> Any:
+    """The body's JSON (`decoded`: what `scrub` already read from it, not read again)."""
+    if decoded is None:
+        try:
+            decoded = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PayloadError("", f"body is not valid JSON ({exc})") from exc
+        except RecursionError as exc:  # nesting deeper than the decoder's recursion limit
+            raise PayloadError("", "body is not valid JSON (nested too deeply)") from exc
     if b"\\u0000" in body:  # JSON carries NUL only escaped; raw control characters are refused
-        data = _without_nul(data)
-    return data
+        decoded = _without_nul(decoded)
+    return decoded
 
 
 def _redacted(notification: AlertmanagerNotification) -> AlertmanagerNotification:
@@ -209,15 +211,18 @@ def _redacted(notification: AlertmanagerNotification) -> AlertmanagerNotificatio
     )
 
 
-def parse_notification(body: bytes, *, scrubbed: bool = False) -> AlertmanagerNotification:
+def parse_notification(
+    body: bytes, *, scrubbed: bool = False, decoded: Any = None
+) -> AlertmanagerNotification:
     """Decode and validate a webhook body, or raise PayloadError naming the first bad field.
 
     `scrubbed`: the body is what `scrub` just returned as scrubbed, so its secrets are gone and
     a second pass would find nothing (redaction is idempotent): it is skipped. The hook passes
     it for the body it has just stored; a body read back from the database is redacted again
-    (it may have been stored before scrubbing existed).
+    (it may have been stored before scrubbing existed). `decoded`: the JSON `scrub` read from
+    that body, so that a big notification is not decoded twice.
     """
-    data = _decode(body)
+    data = _decode(body, decoded)
     if not isinstance(data, dict):
         raise PayloadError("", "body must be a JSON object (an Alertmanager v4 notification)")
     try:
@@ -239,19 +244,21 @@ def scrub_body(body: bytes) -> bytes:
     return scrub(body)[0]
 
 
-def scrub(body: bytes) -> tuple[bytes, bool]:
-    """scrub_body's answer, and whether it is scrubbed (False when scrubbing failed)."""
+def scrub(body: bytes) -> tuple[bytes, bool, Any]:
+    """scrub_body's answer, whether it is scrubbed (False when scrubbing failed), and the JSON
+    it holds as scrubbed (None when it is not JSON), for parse_notification's `decoded`."""
     try:
         try:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             text = body.decode("utf-8", "surrogateescape")
             redacted, count = redact_text(text)
-            return (redacted.encode("utf-8", "surrogateescape") if count else body), True
+            return (redacted.encode("utf-8", "surrogateescape") if count else body), True, None
         redacted, count = redact(data)
         if not count:
-            return body, True
-        return json.dumps(redacted, ensure_ascii=False).encode("utf-8", "surrogatepass"), True
+            return body, True, data
+        stored = json.dumps(redacted, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        return stored, True, redacted
     except Exception:
         logger.exception("could not scrub a webhook body; storing it as received")
-        return body, False
+        return body, False, None

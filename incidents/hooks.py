@@ -104,7 +104,7 @@ def alertmanager_hook(request: HttpRequest) -> JsonResponse:
     if body is None:
         return _error(413, f"body larger than VIGIL_WEBHOOK_MAX_BYTES ({limit} bytes)")
 
-    body, scrubbed = scrub(body)  # secrets redacted before anything is stored
+    body, scrubbed, decoded = scrub(body)  # secrets redacted before anything is stored
     stored = {
         "integration": integration,
         "body": body,
@@ -113,7 +113,7 @@ def alertmanager_hook(request: HttpRequest) -> JsonResponse:
     }
     try:
         # scrubbed: the body was redacted just now, parsing it need not redact it again.
-        notification = parse_notification(body, scrubbed=scrubbed)
+        notification = parse_notification(body, scrubbed=scrubbed, decoded=decoded)
     except PayloadError as exc:
         return _store_rejected(stored, exc)
     return _store_and_ingest(stored, notification)

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collectors.models import DeployEvent, GpuSnapshot
-from incidents.alertmanager import PayloadError, parse_notification
+from incidents.alertmanager import PayloadError, parse_notification, scrub
 from incidents.models import Alert, Incident, TimelineEvent, WebhookDelivery
 from tests.incidents.payloads import firing, group, post
 from tests.security.conftest import HYPOTHESIS, tally
@@ -103,6 +103,37 @@ def test_valid_notifications_parse_to_strings_postgresql_can_store(payload):
     assert len(notification.alerts) == len(payload["alerts"])
     dumped = json.dumps(notification.model_dump(mode="json"), ensure_ascii=False)
     assert "\x00" not in dumped
+
+
+@HYPOTHESIS
+@given(
+    st.one_of(
+        notifications().map(lambda p: json.dumps(p).encode()),
+        mutated(notifications()).map(lambda m: json.dumps(m[0]).encode()),
+        st.binary(max_size=300),
+    )
+)
+def test_the_json_scrub_read_parses_as_the_stored_body_would(body):
+    """The hook hands parse_notification the JSON `scrub` already decoded: the outcome is the
+    one decoding the stored body again gives (the notification, or the same refusal)."""
+    stored, scrubbed, decoded = scrub(body)
+    outcomes = []
+    for kwargs in ({"decoded": decoded}, {}):
+        try:
+            outcomes.append(parse_notification(stored, scrubbed=scrubbed, **kwargs).model_dump())
+        except PayloadError as exc:
+            outcomes.append((exc.field, exc.message))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_secret_is_gone_from_the_decoded_json_as_from_the_stored_body():
+    payload = group(firing(instance="https://probe:hunter2@example.com/health"))
+    stored, scrubbed, decoded = scrub(json.dumps(payload).encode())
+    assert scrubbed and b"hunter2" not in stored
+    assert "hunter2" not in json.dumps(decoded)
+    notification = parse_notification(stored, scrubbed=True, decoded=decoded)
+    assert "hunter2" not in notification.alerts[0].labels["instance"]
+    assert "example.com" in notification.alerts[0].labels["instance"]
 
 
 # -- through the hook, with the database ------------------------------------------------------

@@ -99,6 +99,13 @@ def test_every_benchmark_runs_and_writes_json(tmp_path):
         assert case["requests"] > 0
         assert {"p50", "p95", "p99"} <= set(case["latency_ms"])
     assert ingest["gunicorn"]["workers"] >= 1
+    # (a) and (b) are each divided by a ceiling measured just before them, (c) by the first.
+    assert set(ingest["ceiling_just_before"]) == {"a", "b"}
+    for key in ("a", "b", "c"):
+        case = ingest["cases"][key]
+        reference = ingest["ceiling_just_before"].get(key, ingest["cases"]["ceiling"]["rps"])
+        assert case["ceiling_rps"] == reference > 0
+        assert case["ratio_of_ceiling"] == pytest.approx(case["rps"] / reference, abs=1e-3)
     # Real servers took part: their processes were sampled for benchmark 6.
     roles = {p["role"] for p in results["memory"]["processes"]}
     assert {"gunicorn child", "celery child"} <= roles

@@ -102,8 +102,11 @@ def drain(queue: str, limit: float = 120.0) -> float:
     New incidents are collected, so case (a) leaves work behind, and alerts that joined an
     incident (case (a), the seeding of (b)) request a debounced round due VIGIL_COLLECT_DEBOUNCE
     later; without this, the next case would share the two cores with them (measured: about 8
-    CPU-seconds of Celery during (b), half a core). So this waits for the queue, for running
-    rounds and for requested rounds not started yet.
+    CPU-seconds of Celery during (b), half a core). So this waits for the queue, for first rounds
+    not started yet, for running rounds, for requested rounds not started yet, and for the
+    worker's own tasks (the analyses that finished rounds publish). The queue alone was not
+    enough: the worker reserves messages ahead of running them, and 104 first rounds of the
+    warm-up's incidents, reserved when the queue looked empty, ran during case (a).
     """
     from django.db.models import F, Q
 
@@ -123,13 +126,28 @@ def drain(queue: str, limit: float = 120.0) -> float:
             )
             .exists()
         ) or Incident.objects.filter(
-            collection_requested_at__isnull=False,
-            collection_requested_at__gt=F("collection_started_at"),
+            Q(collection_started_at__isnull=True)
+            | Q(
+                collection_requested_at__isnull=False,
+                collection_requested_at__gt=F("collection_started_at"),
+            )
         ).exists()
-        if not waiting and not collecting:
+        if not waiting and not collecting and _worker_idle(app):
             break
         time.sleep(0.5)
     return round(time.monotonic() - started, 1)
+
+
+def _worker_idle(app) -> bool:
+    """No task running or reserved in any worker (tasks scheduled for later are not counted:
+    debounced rounds are, through the incidents' requests)."""
+    inspect = app.control.inspect(timeout=1.0)
+    for reply in (inspect.active(), inspect.reserved()):
+        if reply is None:  # no worker answered: nothing to wait for, or nothing to ask
+            continue
+        if any(tasks for tasks in reply.values()):
+            return False
+    return True
 
 
 def _integration_token() -> str:

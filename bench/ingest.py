@@ -4,10 +4,11 @@ Cases: (a) single-alert notifications with new fingerprints, (b) re-notification
 alerts, (c) notifications carrying 50 alerts, each spread over a fixed set of Alertmanager groups
 whose incidents are opened before the case is measured (a warm-up for (a), one notification per
 group for (c), then the worker drained), so that (a) and (c) measure new alerts joining open
-incidents, as most of an outage's notifications do; opening incidents is benchmark 2's. The ceiling is a
-do-nothing Django view (vigil/urls.py, only with VIGIL_BENCH_CEILING=1) behind the same
-middleware and the same gunicorn, sent the same bodies. A real Celery worker runs, as in
-production: incidents opened here are collected (against a cluster with no sources).
+incidents, as most of an outage's notifications do; opening incidents is benchmark 2's. The
+ceiling is a do-nothing Django view (vigil/urls.py, only with VIGIL_BENCH_CEILING=1) behind the
+same middleware and the same gunicorn, sent the same bodies, measured at the start and again
+right before (a) and (b). A real Celery worker runs, as in production: incidents opened here are
+collected (against a cluster with no sources).
 
 Afterwards the database is counted: every alert a 2xx acknowledged must be stored ("lost" is what
 was acknowledged but is not there; stored-but-unacknowledged are requests still in flight when

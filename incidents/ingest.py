@@ -397,11 +397,11 @@ def _incident_for(
     alerts').
     """
     key_hash = group_hash(notification.groupKey)
-    # Locked: deliveries for one incident are ingested one after the other.
-    open_incidents = _open_incidents(cluster)
-    incident = open_incidents.filter(group_hash=key_hash).first()
+    # Again, locked: one that a concurrent delivery opened since the caller looked.
+    incident = _locked_group_incident(cluster.pk, key_hash)
     if incident:
         return incident, "joined"
+    open_incidents = _open_incidents(cluster)
     correlation_key = _correlation_key(notification)
     if correlation_key:
         # Only correlation puts a group's alerts into another group's incident.

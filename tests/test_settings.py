@@ -83,6 +83,35 @@ def test_database_and_broker_urls_switch_backends():
     assert backend.startswith("db+sqlite:///")
 
 
+def _database_options(**env: str) -> subprocess.CompletedProcess:
+    code = (
+        "from django.conf import settings as s; o = s.DATABASES['default']['OPTIONS'];"
+        "print(o.get('server_side_binding'), o.get('prepare_threshold'))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": os.environ["PATH"],
+            "DJANGO_SETTINGS_MODULE": "vigil.settings",
+            "VIGIL_DEBUG": "1",
+            "DATABASE_URL": "postgres://u@db:5432/vigil",
+            **env,
+        },
+    )
+
+
+def test_postgresql_binds_on_the_server_and_prepares_unless_told_not_to():
+    assert _database_options().stdout.split() == ["True", "5"]
+    assert _database_options(VIGIL_DB_PREPARE_THRESHOLD="2").stdout.split() == ["True", "2"]
+    assert _database_options(VIGIL_DB_PREPARE_THRESHOLD="off").stdout.split() == ["True", "None"]
+    bad = _database_options(VIGIL_DB_PREPARE_THRESHOLD="sometimes")
+    assert bad.returncode != 0
+    assert "VIGIL_DB_PREPARE_THRESHOLD='sometimes' is not a count of runs" in bad.stderr
+
+
 def test_a_bad_duration_is_a_clear_error():
     result = run_manage("check", VIGIL_DEBUG="1", VIGIL_GROUP_WINDOW="soon")
     assert result.returncode != 0

@@ -50,6 +50,22 @@ def env_seconds(name: str, default: float) -> float:
         ) from exc
 
 
+def env_prepare_threshold(name: str, default: int) -> int | None:
+    """psycopg's prepare_threshold: a count of runs, or None (`off`) for never."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"off", "none", "never"}:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a count of runs (e.g. 5) or 'off'")
+    return value
+
+
 DEBUG = env_bool("VIGIL_DEBUG", False)
 TESTING = env_bool("VIGIL_TESTING", False)
 
@@ -142,6 +158,17 @@ else:
     DATABASES["default"].setdefault("OPTIONS", {})
     DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Parameters bound by the server, so that psycopg can prepare a statement on the connection
+    # once it has run there `prepare_threshold` times: PostgreSQL then parses and plans the
+    # webhook's statements once per connection instead of once per request (planning the repeat
+    # lane's statement took 0.21 ms, running it 0.07). Django's default, client-side binding,
+    # cannot prepare. Off (`VIGIL_DB_PREPARE_THRESHOLD=off`) for a pooler in transaction mode
+    # that cannot carry prepared statements (PgBouncer before 1.21 or without
+    # max_prepared_statements).
+    DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", True)
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "prepare_threshold", env_prepare_threshold("VIGIL_DB_PREPARE_THRESHOLD", 5)
+    )
     # Django's, with a health check that asks the socket before the server (its docstring).
     DATABASES["default"]["ENGINE"] = "vigil.backends.postgresql"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -118,6 +118,26 @@ def test_the_lane_stores_the_delivery_as_the_general_path_does(client, am_token)
 
 
 @pytest.mark.django_db
+def test_the_lane_statement_is_prepared_once_the_connection_has_run_it_often(client, am_token):
+    """vigil/settings.py binds parameters on the server, so psycopg prepares a statement after
+    its prepare_threshold runs: PostgreSQL stops parsing and planning every repeat again."""
+    payload = group(firing(pod="a"), firing(pod="b"))
+    post(client, payload, am_token)
+    threshold = connection.connection.prepare_threshold
+    assert threshold is not None
+    for _ in range(threshold + 2):
+        answer = post(client, payload, am_token)
+    assert answer.json()["alerts_updated"] == 2
+    assert [row[:3] for row in _state()] == [("a", "firing", threshold + 3)] + [
+        ("b", "firing", threshold + 3)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0].lstrip() for row in cursor.fetchall()]
+    assert any(text.startswith("WITH incoming AS") for text in prepared), prepared
+
+
+@pytest.mark.django_db
 def test_a_database_error_in_the_lane_leaves_the_delivery_to_the_general_path(
     client, am_token, monkeypatch
 ):

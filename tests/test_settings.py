@@ -42,41 +42,35 @@ def test_production_refuses_to_start_without_a_secret_key():
     assert "VIGIL_SECRET_KEY must be set" in result.stderr
 
 
+def print_settings(code: str, **env: str) -> subprocess.CompletedProcess:
+    """Run `code` after django.setup() in a fresh interpreter whose environment is only `env`."""
+    return subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "vigil.settings", **env},
+        timeout=60,
+    )
+
+
 def test_database_and_broker_urls_switch_backends():
     code = (
         "from django.conf import settings as s;"
         "print(s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL, s.CELERY_RESULT_BACKEND)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", f"import django; django.setup(); {code}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={
-            "PATH": os.environ["PATH"],
-            "DJANGO_SETTINGS_MODULE": "vigil.settings",
-            "VIGIL_DEBUG": "1",
-            "DATABASE_URL": "postgres://u@db:5432/vigil",
-            "CELERY_BROKER_URL": "redis://r:6379/0",
-        },
+    result = print_settings(
+        code,
+        VIGIL_DEBUG="1",
+        DATABASE_URL="postgres://u@db:5432/vigil",
+        CELERY_BROKER_URL="redis://r:6379/0",
     )
     assert result.stdout.split() == [
         "vigil.backends.postgresql",
         "redis://r:6379/0",
         "redis://r:6379/0",
     ]
-    result = subprocess.run(
-        [sys.executable, "-c", f"import django; django.setup(); {code}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={
-            "PATH": os.environ["PATH"],
-            "DJANGO_SETTINGS_MODULE": "vigil.settings",
-            "VIGIL_DEBUG": "1",
-            "VIGIL_VAR_DIR": "/tmp/vigil-var",
-        },
-    )
+    result = print_settings(code, VIGIL_DEBUG="1", VIGIL_VAR_DIR="/tmp/vigil-var")
     engine, broker, backend = result.stdout.split()
     assert engine == "django.db.backends.sqlite3"
     assert broker == "sqla+sqlite:////tmp/vigil-var/celery-broker.sqlite3"
@@ -88,19 +82,7 @@ def _database_options(**env: str) -> subprocess.CompletedProcess:
         "from django.conf import settings as s; o = s.DATABASES['default']['OPTIONS'];"
         "print(o.get('server_side_binding'), o.get('prepare_threshold'))"
     )
-    return subprocess.run(
-        [sys.executable, "-c", f"import django; django.setup(); {code}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={
-            "PATH": os.environ["PATH"],
-            "DJANGO_SETTINGS_MODULE": "vigil.settings",
-            "VIGIL_DEBUG": "1",
-            "DATABASE_URL": "postgres://u@db:5432/vigil",
-            **env,
-        },
-    )
+    return print_settings(code, VIGIL_DEBUG="1", DATABASE_URL="postgres://u@db:5432/vigil", **env)
 
 
 def test_postgresql_binds_on_the_server_and_prepares_unless_told_not_to():
@@ -125,17 +107,7 @@ def test_checking_migrations_needs_no_production_secrets():
 
 
 def _setting(name: str, **env: str) -> str:
-    code = (
-        f"import django; django.setup(); from django.conf import settings; print(settings.{name})"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={"PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "vigil.settings", **env},
-        timeout=60,
-    )
+    result = print_settings(f"from django.conf import settings; print(settings.{name})", **env)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 

@@ -12,7 +12,7 @@ import time
 import pytest
 from django.db import connection, connections
 
-from vigil.backends.postgresql.base import DatabaseWrapper, has_pending_input
+from vigil.backends.postgresql.base import MAX_SERVER_PARAMS, DatabaseWrapper, has_pending_input
 
 pytestmark = [
     pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL backend"),
@@ -114,3 +114,19 @@ def test_has_pending_input_reads_the_socket_state():
         assert has_pending_input(left.fileno()) is True
     finally:
         left.close()
+
+
+def test_a_statement_with_more_parameters_than_the_protocol_counts_still_runs():
+    """Server-side binding counts parameters in 16 bits; past that the cursor binds on the
+    client, quoting every value as psycopg does."""
+    assert connection.features.uses_server_side_binding
+    values = [f"it's {i}% done" for i in range(MAX_SERVER_PARAMS + 5)]
+    placeholders = ",".join(["%s"] * len(values))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*), max(v), min(v) FROM unnest(ARRAY[{placeholders}]::text[]) v",  # noqa: S608
+            values,
+        )
+        assert cursor.fetchone() == (len(values), max(values), min(values))
+        cursor.execute("SELECT %s, %s", ["a'b", "50%"])  # a small one still binds on the server
+        assert cursor.fetchone() == ("a'b", "50%")

@@ -368,3 +368,30 @@ def test_an_ingest_error_rolls_back_its_writes_and_keeps_the_body_failed(
     assert delivery.status == "failed"
     assert "bug after writing" in delivery.error
     assert json.loads(bytes(delivery.body))["alerts"][0]["labels"]["alertname"]
+
+
+@pytest.mark.django_db
+def test_a_notification_resolving_thousands_of_alerts_each_its_own_way_is_ingested(
+    client, am_token
+):
+    """8,200 resolutions, each with its own end and annotations: one bulk_update of 65,600
+    parameters, more than PostgreSQL's protocol carries with server-side binding
+    (vigil.backends.postgresql binds such a statement on the client)."""
+    from datetime import timedelta
+
+    from tests.incidents.payloads import T0
+
+    count = 8_200
+    pods = [f"p{i}" for i in range(count)]
+    assert post(client, group(*(firing(pod=p) for p in pods)), am_token).status_code == 200
+    ends = [resolved(pod=p, ends=T0 + timedelta(seconds=60 + i)) for i, p in enumerate(pods)]
+    for i, alert in enumerate(ends):
+        alert["annotations"] = {"summary": f"recovered after {i}% of the rollout"}
+    answer = post(client, group(*ends), am_token)
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["alerts_updated"] == count
+    assert Alert.objects.filter(status="resolved").count() == count
+    last = Alert.objects.get(labels__pod=pods[-1])
+    assert last.ends_at == T0 + timedelta(seconds=60 + count - 1)
+    assert last.annotations == {"summary": f"recovered after {count - 1}% of the rollout"}
+    assert Incident.objects.get().firing_count == 0

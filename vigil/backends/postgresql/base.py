@@ -15,14 +15,26 @@ something is does Django's `SELECT 1` run, and a connection that fails it is clo
 replaced as before. A peer that vanished without a word (a cut cable, a dropped NAT entry)
 leaves the socket quiet, and `SELECT 1` would have waited on it as long as the first query
 now does, until TCP gives up: the stock check caught nothing more.
+
+With server-side binding (vigil/settings.py, so that statements can be prepared), a statement
+carries its parameters in the protocol's Bind message, which counts them in 16 bits: one with
+more than 65,535 fails before it reaches the server. Django does not split for that on
+PostgreSQL, and ingest builds such statements for big notifications (a bulk_update of 8,200
+resolutions with their own values is 65,600 parameters). `ServerBindingCursor` binds those
+few on the client instead, as Django's default cursor binds everything.
 """
 
 from __future__ import annotations
 
 import select
+from typing import Any
 
+import psycopg
 from django.db.backends.postgresql import base
 from psycopg.pq import TransactionStatus
+
+# The protocol's Bind message counts parameters in an Int16.
+MAX_SERVER_PARAMS = 65535
 
 
 def has_pending_input(fd: int) -> bool:
@@ -35,7 +47,24 @@ def has_pending_input(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
+class ServerBindingCursor(base.ServerBindingCursor):
+    """Django's server-binding cursor; a statement with too many parameters for the protocol is
+    bound on the client (psycopg quotes the values) and sent, unprepared, as plain SQL."""
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        if params is not None and len(params) > MAX_SERVER_PARAMS:
+            query = psycopg.ClientCursor(self.connection).mogrify(query, params)
+            return super().execute(query, None, **{**kwargs, "prepare": False})
+        return super().execute(query, params, **kwargs)
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
+    def get_connection_params(self) -> dict:
+        params = super().get_connection_params()
+        if params.get("cursor_factory") is base.ServerBindingCursor:
+            params["cursor_factory"] = ServerBindingCursor
+        return params
+
     def close_if_health_check_failed(self) -> None:
         if (
             self.connection is not None

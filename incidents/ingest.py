@@ -159,7 +159,7 @@ def ingest_notification(
     added_firing: dict[int, int] = {}  # firing instances this delivery inserted, by incident
     existing = {} if none_stored else _existing_instances(cluster, incoming)
     new = [a for a in incoming if a.key not in existing]
-    events: list[TimelineEvent] = []
+    events: list[dict] = []  # the alerts' timeline lines, as bulk.insert_rows takes them
     announced: list[TimelineEvent] = []  # events a save would have announced (post_save)
 
     changed: set[int] = set()  # incidents whose stored alerts changed status here: recounted
@@ -203,7 +203,7 @@ def ingest_notification(
     TimelineEvent.objects.bulk_create(announced)
     for event in announced:  # bulk_create sends no post_save: announce as a save would
         announce_timeline_event(TimelineEvent, event, created=True)
-    bulk.insert_all(events)
+    bulk.insert_rows(TimelineEvent, events)
     recollect = _roll_up(
         result.incident_ids,
         bumps,
@@ -558,31 +558,32 @@ def _create_instances(
     """Insert the new instances; return the incident's counter and severity changes."""
     key_hash = group_hash(notification.groupKey)
     rows = [
-        Alert(
-            cluster=cluster,
-            incident=incident,
-            fingerprint=a.fingerprint,
-            starts_at=a.startsAt,
-            ends_at=a.endsAt if a.status == "resolved" else None,
-            status=a.status,
-            alertname=a.labels["alertname"][:200],
-            labels=a.labels,
-            annotations=a.annotations,
-            generator_url=a.generatorURL,
-            group_hash=key_hash,
-            first_seen_at=now,
-            last_seen_at=now,
-        )
+        {
+            "cluster_id": cluster.pk,
+            "incident_id": incident.pk,
+            "fingerprint": a.fingerprint,
+            "starts_at": a.startsAt,
+            "ends_at": a.endsAt if a.status == "resolved" else None,
+            "status": a.status,
+            "alertname": a.labels["alertname"][:200],
+            "labels": a.labels,
+            "annotations": a.annotations,
+            "generator_url": a.generatorURL,
+            "group_hash": key_hash,
+            "first_seen_at": now,
+            "last_seen_at": now,
+            "notification_count": 1,
+        }
         for a in new
     ]
-    bulk.insert_all(rows)
+    bulk.insert_rows(Alert, rows)
     for alert, row in zip(new, rows, strict=True):
         kind = (
             TimelineEvent.Kind.ALERT_FIRING
-            if row.status == "firing"
+            if row["status"] == "firing"
             else TimelineEvent.Kind.ALERT_RESOLVED
         )
-        events.append(_alert_event(incident.pk, alert, kind, now, ends_at=row.ends_at))
+        events.append(_alert_event(incident.pk, alert, kind, now, ends_at=row["ends_at"]))
     worst = max(severity_rank(a.labels.get("severity", "")) for a in new)
     updates = {"alert_count": F("alert_count") + len(rows)}
     if worst > incident.severity_rank:
@@ -598,8 +599,9 @@ def _alert_event(
     now: datetime,
     *,
     ends_at: datetime | None,
-) -> TimelineEvent:
-    """The timeline line of an instance that fired or resolved (`ends_at`: as stored)."""
+) -> dict:
+    """The timeline line of an instance that fired or resolved (`ends_at`: as stored), as
+    bulk.insert_rows takes it."""
     verb = "firing" if kind == TimelineEvent.Kind.ALERT_FIRING else "resolved"
     at = alert.startsAt if verb == "firing" else (ends_at or now)
     labels = alert.labels
@@ -607,18 +609,18 @@ def _alert_event(
         f"{k}={labels[k]}" for k in ("namespace", "pod", "node", "instance") if labels.get(k)
     )
     alertname = labels["alertname"][:200]
-    return TimelineEvent(
-        incident_id=incident_id,
-        at=at,
-        kind=kind,
-        actor=ACTOR,
-        summary=(f"{alertname} {verb}" + (f" ({where})" if where else ""))[:SUMMARY_LIMIT],
-        payload={
+    return {
+        "incident_id": incident_id,
+        "at": at,
+        "kind": kind,
+        "actor": ACTOR,
+        "summary": (f"{alertname} {verb}" + (f" ({where})" if where else ""))[:SUMMARY_LIMIT],
+        "payload": {
             "fingerprint": alert.fingerprint,
             "startsAt": alert.startsAt.isoformat(),
             "labels": labels,
         },
-    )
+    }
 
 
 def _roll_up(

@@ -1,4 +1,4 @@
-"""incidents.bulk.insert_all: COPY on PostgreSQL, bulk_create elsewhere, the same rows either way."""
+"""incidents.bulk.insert_rows: COPY on PostgreSQL, bulk_create elsewhere, the same rows either way."""
 
 from __future__ import annotations
 
@@ -23,22 +23,25 @@ def incident(db) -> Incident:
     )
 
 
-def _alerts(incident: Incident, n: int, prefix: str = "f") -> list[Alert]:
+def _alerts(incident: Incident, n: int, prefix: str = "f") -> list[dict]:
     return [
-        Alert(
-            cluster=incident.cluster,
-            incident=incident,
-            fingerprint=f"{prefix}{i}",
-            starts_at=STARTS + timedelta(seconds=i),
-            ends_at=None if i % 2 else STARTS + timedelta(minutes=5),
-            status="firing" if i % 2 else "resolved",
-            alertname="GPUHot",
+        {
+            "cluster_id": incident.cluster_id,
+            "incident_id": incident.pk,
+            "fingerprint": f"{prefix}{i}",
+            "starts_at": STARTS + timedelta(seconds=i),
+            "ends_at": None if i % 2 else STARTS + timedelta(minutes=5),
+            "status": "firing" if i % 2 else "resolved",
+            "alertname": "GPUHot",
             # What COPY must carry intact: quotes, backslashes, tabs, newlines, non-ASCII.
-            labels={"alertname": "GPUHot", "pod": f'p"{i}\\x\ty\n', "note": "héllo ✓"},
-            annotations={} if i % 3 else {"summary": "a\\b", "runbook": None},
-            generator_url="http://prom/graph?g0.expr=up%3D%3D0" if i % 2 else "",
-            group_hash="h" * 64,
-        )
+            "labels": {"alertname": "GPUHot", "pod": f'p"{i}\\x\ty\n', "note": "héllo ✓"},
+            "annotations": {} if i % 3 else {"summary": "a\\b", "runbook": None},
+            "generator_url": "http://prom/graph?g0.expr=up%3D%3D0" if i % 2 else "",
+            "group_hash": "h" * 64,
+            "first_seen_at": STARTS,
+            "last_seen_at": STARTS + timedelta(minutes=i),
+            "notification_count": 1 + i,
+        }
         for i in range(n)
     ]
 
@@ -55,51 +58,56 @@ def _stored() -> list[tuple]:
             "generator_url",
             "notification_count",
             "first_seen_at",
+            "last_seen_at",
+            "cluster_id",
+            "incident_id",
+            "alertname",
+            "group_hash",
         )
     )
 
 
 @pytest.mark.django_db
 def test_rows_come_back_as_the_orm_would_have_stored_them(incident):
-    Alert.objects.bulk_create(_alerts(incident, 7))
+    Alert.objects.bulk_create([Alert(**row) for row in _alerts(incident, 7)])
     expected = _stored()
     Alert.objects.all().delete()
 
-    bulk.insert_all(_alerts(incident, 7))
+    bulk.insert_rows(Alert, _alerts(incident, 7))
 
     stored = _stored()
     assert len(stored) == 7
-    # first_seen_at defaults to the moment each instance was built: compare the rest exactly.
-    assert [row[:-1] for row in stored] == [row[:-1] for row in expected]
-    assert all(row[-1] is not None for row in stored)
+    assert stored == expected
+    assert {row[7] for row in stored} == set(range(1, 8))  # every column, not defaults
 
 
 @pytest.mark.django_db
 def test_timeline_lines_keep_their_order_and_payloads(incident):
     events = [
-        TimelineEvent(
-            incident=incident,
-            at=STARTS,
-            kind="alert_firing",
-            actor="alertmanager",
-            summary=f"line {i}",
-            payload={"labels": {"i": str(i)}, "quote": "'\"", "nothing": None},
-        )
+        {
+            "incident_id": incident.pk,
+            "at": STARTS,
+            "kind": TimelineEvent.Kind.ALERT_FIRING,
+            "actor": "alertmanager",
+            "summary": f"line {i}",
+            "payload": {"labels": {"i": str(i)}, "quote": "'\"", "nothing": None},
+        }
         for i in range(5)
     ]
-    bulk.insert_all(events)
-    rows = list(TimelineEvent.objects.order_by("id").values_list("summary", "payload"))
+    bulk.insert_rows(TimelineEvent, events)
+    rows = list(TimelineEvent.objects.order_by("id").values_list("kind", "summary", "payload"))
     assert rows == [
-        (f"line {i}", {"labels": {"i": str(i)}, "quote": "'\"", "nothing": None}) for i in range(5)
+        ("alert_firing", f"line {i}", {"labels": {"i": str(i)}, "quote": "'\"", "nothing": None})
+        for i in range(5)
     ]
 
 
 @pytest.mark.django_db
 def test_a_duplicate_instance_is_an_integrity_error_and_inserts_nothing(incident):
     """ingest retries a delivery whose insert collided with a concurrent one's (IntegrityError)."""
-    bulk.insert_all(_alerts(incident, 2))
+    bulk.insert_rows(Alert, _alerts(incident, 2))
     with pytest.raises(IntegrityError), transaction.atomic():
-        bulk.insert_all(_alerts(incident, 3, prefix="g") + _alerts(incident, 1))
+        bulk.insert_rows(Alert, _alerts(incident, 3, prefix="g") + _alerts(incident, 1))
     assert Alert.objects.count() == 2
 
 
@@ -112,7 +120,7 @@ def test_it_is_one_statement_in_the_query_log_and_the_execute_wrappers(incident)
         return execute(sql, params, many, context)
 
     with CaptureQueriesContext(connection) as ctx, connection.execute_wrapper(wrapper):
-        bulk.insert_all(_alerts(incident, 50))
+        bulk.insert_rows(Alert, _alerts(incident, 50))
     assert len(ctx.captured_queries) == 1
     assert len(seen) == 1
     if connection.vendor == "postgresql":
@@ -124,8 +132,17 @@ def test_it_is_one_statement_in_the_query_log_and_the_execute_wrappers(incident)
 @pytest.mark.django_db
 def test_nothing_to_insert_sends_nothing():
     with CaptureQueriesContext(connection) as ctx:
-        bulk.insert_all([])
+        bulk.insert_rows(Alert, [])
     assert ctx.captured_queries == []
+
+
+@pytest.mark.django_db
+def test_a_row_missing_a_column_is_refused_not_defaulted(incident):
+    row = _alerts(incident, 1)[0]
+    del row["notification_count"]
+    with pytest.raises(KeyError, match="notification_count"):
+        bulk.insert_rows(Alert, [row])
+    assert not Alert.objects.exists()
 
 
 def test_a_model_that_needs_pre_save_is_refused():

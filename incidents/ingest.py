@@ -313,7 +313,7 @@ def _locked_instances_postgresql(cluster_id: int, incoming: list[AlertmanagerAle
         keys = [
             {"fingerprint": a.fingerprint, "starts_at": a.startsAt.isoformat()} for a in incoming
         ]
-        cursor.execute(_LOCKED_INSTANCES, [json.dumps(keys), cluster_id])
+        cursor.execute(_LOCKED_INSTANCES, [bulk.json_text(keys), cluster_id])
         rows = cursor.fetchall()
     # jsonb as psycopg loads it (a dict), or as text where a loader keeps it so.
     return [

@@ -29,12 +29,12 @@ path does it.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import NamedTuple
 
 from django.db import connection
 
+from . import bulk
 from .alertmanager import AlertmanagerAlert
 from .models import Alert, WebhookDelivery
 
@@ -117,7 +117,7 @@ def _count_params(cluster_id: int, incoming: list[AlertmanagerAlert], now: datet
         for a in incoming
     ]
     return [
-        json.dumps(rows),
+        bulk.json_text(rows),
         cluster_id,
         Alert.Status.FIRING.value,
         now,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from assistant.models import ActionProposal
@@ -148,3 +149,33 @@ def test_a_row_missing_a_column_is_refused_not_defaulted(incident):
 def test_a_model_that_needs_pre_save_is_refused():
     with pytest.raises(ValueError, match="updated_at needs pre_save"):
         bulk._columns(ActionProposal)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"alertname": "GPUHot", "pod": 'p"1\\x\ty\n', "note": "héllo ✓", "emoji": "🔥"},
+        [{"fingerprint": "f", "annotations": {}, "generator_url": None}],
+        {"nested": {"list": [1, 2.5, True, None]}},
+    ],
+)
+def test_json_text_reads_back_as_the_value(value):
+    assert json.loads(bulk.json_text(value)) == value
+
+
+def test_json_text_writes_what_orjson_refuses_as_the_json_module_did():
+    # Keys that are not strings, an integer over 64 bits, a lone surrogate (json.loads makes
+    # one of "\ud800"): orjson raises on each, the json module writes them.
+    for value in ({1: "a"}, {"big": 2**70}, {"s": "\ud800"}):
+        assert bulk.json_text(value) == json.dumps(value)
+
+
+@pytest.mark.django_db
+def test_a_lone_surrogate_in_a_label_is_refused_by_the_database_as_before(incident):
+    row = _alerts(incident, 1)[0]
+    row["labels"] = {"alertname": "GPUHot", "pod": "\ud800"}
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's jsonb judges the escape; SQLite stores text")
+    with pytest.raises(DataError), transaction.atomic():
+        bulk.insert_rows(Alert, [row])
+    assert not Alert.objects.exists()

@@ -68,22 +68,28 @@ def _stored() -> list[tuple]:
     )
 
 
+# Both ways rows go on PostgreSQL: a prepared INSERT for a few, COPY for more.
+SIZES = [1, bulk.INSERT_MAX_ROWS, bulk.INSERT_MAX_ROWS + 1, 50]
+
+
 @pytest.mark.django_db
-def test_rows_come_back_as_the_orm_would_have_stored_them(incident):
-    Alert.objects.bulk_create([Alert(**row) for row in _alerts(incident, 7)])
+@pytest.mark.parametrize("n", SIZES)
+def test_rows_come_back_as_the_orm_would_have_stored_them(incident, n):
+    Alert.objects.bulk_create([Alert(**row) for row in _alerts(incident, n)])
     expected = _stored()
     Alert.objects.all().delete()
 
-    bulk.insert_rows(Alert, _alerts(incident, 7))
+    bulk.insert_rows(Alert, _alerts(incident, n))
 
     stored = _stored()
-    assert len(stored) == 7
+    assert len(stored) == n
     assert stored == expected
-    assert {row[7] for row in stored} == set(range(1, 8))  # every column, not defaults
+    assert {row[7] for row in stored} == set(range(1, n + 1))  # every column, not defaults
 
 
 @pytest.mark.django_db
-def test_timeline_lines_keep_their_order_and_payloads(incident):
+@pytest.mark.parametrize("n", SIZES)
+def test_timeline_lines_keep_their_order_and_payloads(incident, n):
     events = [
         {
             "incident_id": incident.pk,
@@ -93,41 +99,44 @@ def test_timeline_lines_keep_their_order_and_payloads(incident):
             "summary": f"line {i}",
             "payload": {"labels": {"i": str(i)}, "quote": "'\"", "nothing": None},
         }
-        for i in range(5)
+        for i in range(n)
     ]
     bulk.insert_rows(TimelineEvent, events)
     rows = list(TimelineEvent.objects.order_by("id").values_list("kind", "summary", "payload"))
     assert rows == [
         ("alert_firing", f"line {i}", {"labels": {"i": str(i)}, "quote": "'\"", "nothing": None})
-        for i in range(5)
+        for i in range(n)
     ]
 
 
 @pytest.mark.django_db
-def test_a_duplicate_instance_is_an_integrity_error_and_inserts_nothing(incident):
+@pytest.mark.parametrize("others", [2, 30])
+def test_a_duplicate_instance_is_an_integrity_error_and_inserts_nothing(incident, others):
     """ingest retries a delivery whose insert collided with a concurrent one's (IntegrityError)."""
     bulk.insert_rows(Alert, _alerts(incident, 2))
     with pytest.raises(IntegrityError), transaction.atomic():
-        bulk.insert_rows(Alert, _alerts(incident, 3, prefix="g") + _alerts(incident, 1))
+        bulk.insert_rows(Alert, _alerts(incident, others, prefix="g") + _alerts(incident, 1))
     assert Alert.objects.count() == 2
 
 
 @pytest.mark.django_db
-def test_it_is_one_statement_in_the_query_log_and_the_execute_wrappers(incident):
+@pytest.mark.parametrize(("n", "statement"), [(3, "INSERT INTO"), (50, "COPY")])
+def test_it_is_one_statement_in_the_query_log_and_the_execute_wrappers(incident, n, statement):
     seen = []
 
     def wrapper(execute, sql, params, many, context):
-        seen.append((sql, len(params)))
+        seen.append(sql)
         return execute(sql, params, many, context)
 
     with CaptureQueriesContext(connection) as ctx, connection.execute_wrapper(wrapper):
-        bulk.insert_rows(Alert, _alerts(incident, 50))
+        bulk.insert_rows(Alert, _alerts(incident, n))
     assert len(ctx.captured_queries) == 1
     assert len(seen) == 1
     if connection.vendor == "postgresql":
-        assert seen[0] == (ctx.captured_queries[0]["sql"].split(" -- ")[0], 50)
-        assert seen[0][0].startswith('COPY "incidents_alert"')
-    assert Alert.objects.count() == 50
+        assert seen[0].startswith(f'{statement} "incidents_alert"')
+        if statement == "COPY":
+            assert ctx.captured_queries[0]["sql"] == f"{seen[0]} -- {n} rows"
+    assert Alert.objects.count() == n
 
 
 @pytest.mark.django_db

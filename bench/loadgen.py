@@ -46,9 +46,10 @@ class Bodies:
             return self.items[(offset + counter) % len(self.items)].encode()
         # Same shape as the Lua ids; the high worker numbers keep them apart from wrk threads'.
         ident = f"{0x80 + worker:02x}{counter:08x}"
-        return (
-            self.template.replace("@ID@", ident).replace("@GRP@", str(counter % self.groups))
-        ).encode()
+        # Each sender from its own offset, as in the Lua: Alertmanager sends a group's
+        # notifications one after the other, never several of one group at once.
+        group = (counter + worker * self.groups // max(workers, 1)) % self.groups
+        return self.template.replace("@ID@", ident).replace("@GRP@", str(group)).encode()
 
 
 def wrk_available() -> bool:

@@ -2,7 +2,10 @@
 --
 -- wrk <opts> -s bench/wrk_bodies.lua URL -- MODE FILE GROUPS NTHREADS AUTH
 --   MODE "template": FILE is one body with @ID@ (replaced by an id unique to this run: thread
---                    number and counter) and @GRP@ (counter modulo GROUPS).
+--                    number and counter) and @GRP@ (counter modulo GROUPS, each thread from
+--                    its own offset: Alertmanager sends one group's notifications one after
+--                    the other, so threads in step on the same groups would make the server
+--                    wait on locks no real sender makes it wait on).
 --   MODE "list":     FILE holds one body per line; threads cycle through them, each from its
 --                    own offset.
 --   AUTH             the Authorization header value ("-" for none).
@@ -61,7 +64,8 @@ function request()
     body = items[(counter % #items) + 1]
   else
     local id = string.format("%02x%08x", tid, counter)
-    body = template:gsub("@ID@", id):gsub("@GRP@", tostring(counter % groups))
+    local group = (counter + math.floor((tid - 1) * groups / nthreads)) % groups
+    body = template:gsub("@ID@", id):gsub("@GRP@", tostring(group))
   end
   return wrk.format(nil, nil, nil, body)
 end

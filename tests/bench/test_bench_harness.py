@@ -164,6 +164,22 @@ def test_generated_bodies_carry_new_fingerprints_on_every_request():
     assert "@" not in json.dumps(bulk)
 
 
+def test_concurrent_senders_post_to_different_groups():
+    """Alertmanager never sends two notifications of one group at once: 16 senders at the same
+    step must not all land on one group's lock (they did, each counting from the same start)."""
+    from datetime import UTC, datetime
+
+    from bench.ingest import GROUPS, single_template
+
+    single = single_template("a", datetime.now(UTC))
+    for step in (1, 7, GROUPS + 3):
+        same_step = [json.loads(single.body(w, step, 16))["groupKey"] for w in range(16)]
+        assert len(set(same_step)) == 16
+    # Each sender still goes round every group.
+    one_sender = {json.loads(single.body(5, n, 16))["groupKey"] for n in range(GROUPS)}
+    assert len(one_sender) == GROUPS
+
+
 def test_percentiles_are_nearest_rank():
     from bench.common import latency_summary, percentile
 

@@ -76,17 +76,22 @@ INSERT_MAX_ROWS = 8
 
 
 @cache
+def _table_and_columns(model: type[models.Model]) -> str:
+    """`table (column, ...)` as the statements below name them: the model's names, quoted."""
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(field.column) for field, _ in _columns(model))
+    return f"{quote(model._meta.db_table)} ({names})"
+
+
+@cache
 def _insert_sql(model: type[models.Model], count: int) -> str:
     """INSERT of `count` rows; JSON columns cast, as their values are sent as text. Only the
     model's quoted names are in the text (S608): the values are all parameters."""
-    columns = _columns(model)
-    quote = connection.ops.quote_name
-    one = "({})".format(", ".join("%s::jsonb" if is_json else "%s" for _, is_json in columns))
-    return "INSERT INTO {} ({}) VALUES {}".format(  # noqa: S608
-        quote(model._meta.db_table),
-        ", ".join(quote(field.column) for field, _ in columns),
-        ", ".join([one] * count),
+    one = "({})".format(
+        ", ".join("%s::jsonb" if is_json else "%s" for _, is_json in _columns(model))
     )
+    values = ", ".join([one] * count)
+    return f"INSERT INTO {_table_and_columns(model)} VALUES {values}"  # noqa: S608
 
 
 def insert_rows(model: type[models.Model], rows: Sequence[Mapping[str, Any]]) -> None:
@@ -112,10 +117,7 @@ def insert_rows(model: type[models.Model], rows: Sequence[Mapping[str, Any]]) ->
         with connection.cursor() as cursor:
             cursor.execute(_insert_sql(model, len(rows)), params)
         return
-    quote = connection.ops.quote_name
-    sql = "COPY {} ({}) FROM STDIN".format(
-        quote(model._meta.db_table), ", ".join(quote(field.column) for field, _ in columns)
-    )
+    sql = f"COPY {_table_and_columns(model)} FROM STDIN"
     values = [_row(row, columns) for row in rows]
     with connection.cursor() as cursor:
         _run_with_wrappers(partial(_copy, cursor), sql, values, cursor)

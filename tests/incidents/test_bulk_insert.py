@@ -1,4 +1,4 @@
-"""incidents.bulk.insert_rows: COPY on PostgreSQL, bulk_create elsewhere, the same rows either way."""
+"""incidents.bulk.insert_rows: INSERT or COPY on PostgreSQL, bulk_create elsewhere, the same rows."""
 
 from __future__ import annotations
 

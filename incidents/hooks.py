@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from . import ingest
+from . import ingest, lane
 from .alertmanager import AlertmanagerNotification, PayloadError, parse_notification, scrub
 from .models import Integration, WebhookDelivery
 from .tokens import bearer_from_header, find_by_secret, hash_secret, touch_last_used
@@ -142,20 +142,21 @@ def _store_and_ingest(stored: dict, notification: AlertmanagerNotification) -> J
     bench`: a commit of its own for the delivery, then the ingest's, cost a fsync and two round
     trips more per webhook.)
 
-    First, a notification of exact repeats (Alertmanager's repeat_interval, a storm's tail) is
-    stored and counted by one statement, its own transaction; anything else it leaves untouched
-    for the general path, telling it when none of the instances was stored (a first try then
-    skips reading them: ingest_notification's `none_stored`).
+    First, the two commonest notifications, exact repeats (Alertmanager's repeat_interval, a
+    storm's tail) and new firing alerts of a group with an open incident, are stored by one
+    statement, its own transaction (incidents.lane); anything else it leaves untouched for the
+    general path, telling it when none of the instances was stored (a first try then skips
+    reading them: ingest_notification's `none_stored`).
     """
     # Inside a caller's transaction (tests, a management command), a savepoint keeps a failed
     # attempt from aborting it; in a request (autocommit) the statement is the transaction.
-    lane = transaction.atomic() if connection.in_atomic_block else nullcontext()
+    savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
     try:
-        with lane:
-            tried = ingest.store_exact_repeats(stored, notification)
+        with savepoint:
+            tried = lane.store(stored, notification)
     except DatabaseError:
-        logger.info("the repeat lane failed; the general path takes the delivery", exc_info=True)
-        tried = ingest.LaneTried()
+        logger.info("the lane failed; the general path takes the delivery", exc_info=True)
+        tried = lane.Tried()
     if tried.stored is not None:
         return _ingested(*tried.stored)
     for attempt in range(1, INGEST_ATTEMPTS + 1):

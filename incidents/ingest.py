@@ -96,36 +96,6 @@ def _finish(delivery: WebhookDelivery, status: str, *, error: str) -> None:
     delivery.save(update_fields=["status", "error", "processed_at", "attempts", "alert_count"])
 
 
-@dataclass(frozen=True)
-class LaneTried:
-    """What the webhook's repeat lane did with a notification: `stored` (delivery id, result)
-    when it took all of it; otherwise `none_stored` says whether it found not one of the
-    instances stored, which spares the general path its read of them."""
-
-    stored: tuple[int, IngestResult] | None = None
-    none_stored: bool = False
-
-
-def store_exact_repeats(delivery: dict, notification: AlertmanagerNotification) -> LaneTried:
-    """The webhook's shortcut, in autocommit: when the notification is all exact repeats of
-    firing instances, one statement counts them and stores the delivery (incidents.repeats);
-    for anything else it writes nothing, and the general path takes the notification.
-
-    `delivery`: the WebhookDelivery fields the hook stores (integration, body, ...).
-    """
-    incoming = _dedupe(notification.alerts)
-    cluster_id = delivery["integration"].cluster_id
-    lane = repeats.store_and_count(
-        delivery, len(notification.alerts), cluster_id, incoming, timezone.now()
-    )
-    if lane is None:
-        return LaneTried()
-    if lane.delivery_id is None:
-        return LaneTried(none_stored=lane.known == 0)
-    result = IngestResult(incident_ids=lane.incident_ids, alerts_updated=len(incoming))
-    return LaneTried(stored=(lane.delivery_id, result))
-
-
 def ingest_notification(
     *,
     cluster: Cluster,
@@ -135,7 +105,7 @@ def ingest_notification(
 ) -> IngestResult:
     """Upsert the notification's alert instances into incidents; call inside a transaction.
 
-    `repeats_tried`: the caller tried `store_exact_repeats` just now; the repeat lane is skipped.
+    `repeats_tried`: the caller tried incidents.lane just now; the repeat lane is skipped.
     `none_stored`: that lane, a moment ago, found none of the instances stored, so they are not
     read again (one statement less for every notification of new alerts). One stored since, by
     a concurrent delivery, is caught by the unique index: the insert raises IntegrityError, the
@@ -143,7 +113,7 @@ def ingest_notification(
     """
     now = timezone.now()
     result = IngestResult()
-    incoming = _dedupe(notification.alerts)
+    incoming = dedupe(notification.alerts)
     if not incoming:
         return result
     # Most notifications in a storm, and every repeat_interval's, change nothing but counts.
@@ -240,7 +210,7 @@ def _locked_group_incident(cluster_id: int, key_hash: str) -> Incident | None:
     return next(iter(rows), None)
 
 
-def _dedupe(alerts: list[AlertmanagerAlert]) -> list[AlertmanagerAlert]:
+def dedupe(alerts: list[AlertmanagerAlert]) -> list[AlertmanagerAlert]:
     """The last occurrence of an instance within one notification wins."""
     return list({a.key: a for a in alerts}.values())
 
@@ -349,7 +319,7 @@ def _update_existing(
             )
             resolved_in.add(row.incident_id)
             events.append(
-                _alert_event(
+                alert_event(
                     row.incident_id, alert, TimelineEvent.Kind.ALERT_RESOLVED, now, ends_at=ends_at
                 )
             )
@@ -495,12 +465,12 @@ def _open_incident(
 ) -> tuple[Incident, str]:
     first = next((a for a in new if a.status == "firing"), new[0])
     labels = notification.commonLabels or first.labels
-    severest = max(new, key=lambda a: severity_rank(a.labels.get("severity", "")))
+    worst, severity = severest(new)
     incident = Incident(
         cluster=cluster,
         title=_title(notification, first)[:500],
-        severity=severest.labels.get("severity", "")[:30],
-        severity_rank=severity_rank(severest.labels.get("severity", "")),
+        severity=severity,
+        severity_rank=worst,
         service=next((labels[k] for k in SERVICE_LABELS if labels.get(k)), "")[:200],
         namespace=labels.get("namespace", "")[:200],
         grouping_key=notification.groupKey,
@@ -565,7 +535,7 @@ def _create_instances(
             "starts_at": a.startsAt,
             "ends_at": a.endsAt if a.status == "resolved" else None,
             "status": a.status,
-            "alertname": a.labels["alertname"][:200],
+            "alertname": alertname(a),
             "labels": a.labels,
             "annotations": a.annotations,
             "generator_url": a.generatorURL,
@@ -583,16 +553,28 @@ def _create_instances(
             if row["status"] == "firing"
             else TimelineEvent.Kind.ALERT_RESOLVED
         )
-        events.append(_alert_event(incident.pk, alert, kind, now, ends_at=row["ends_at"]))
-    worst = max(severity_rank(a.labels.get("severity", "")) for a in new)
+        events.append(alert_event(incident.pk, alert, kind, now, ends_at=row["ends_at"]))
+    worst, severity = severest(new)
     updates = {"alert_count": F("alert_count") + len(rows)}
     if worst > incident.severity_rank:
-        severest = max(new, key=lambda a: severity_rank(a.labels.get("severity", "")))
-        updates.update(severity=severest.labels["severity"][:30], severity_rank=worst)
+        updates.update(severity=severity, severity_rank=worst)
     return updates
 
 
-def _alert_event(
+def alertname(alert: AlertmanagerAlert) -> str:
+    """The alert's name as its row and timeline line store it (Alert.alertname's max_length)."""
+    return alert.labels["alertname"][:200]
+
+
+def severest(alerts: list[AlertmanagerAlert]) -> tuple[int, str]:
+    """The highest severity rank among `alerts`, and the first severity label that has it, as
+    Incident.severity stores it ("" when none has one)."""
+    top = max(alerts, key=lambda a: severity_rank(a.labels.get("severity", "")))
+    severity = top.labels.get("severity", "")
+    return severity_rank(severity), severity[:30]
+
+
+def alert_event(
     incident_id: int,
     alert: AlertmanagerAlert,
     kind: str,
@@ -608,13 +590,14 @@ def _alert_event(
     where = ", ".join(
         f"{k}={labels[k]}" for k in ("namespace", "pod", "node", "instance") if labels.get(k)
     )
-    alertname = labels["alertname"][:200]
     return {
         "incident_id": incident_id,
         "at": at,
         "kind": kind,
         "actor": ACTOR,
-        "summary": (f"{alertname} {verb}" + (f" ({where})" if where else ""))[:SUMMARY_LIMIT],
+        "summary": (f"{alertname(alert)} {verb}" + (f" ({where})" if where else ""))[
+            :SUMMARY_LIMIT
+        ],
         "payload": {
             "fingerprint": alert.fingerprint,
             "startsAt": alert.startsAt.isoformat(),

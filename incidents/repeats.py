@@ -5,9 +5,9 @@ alerts arrive many times a minute, so most notifications change nothing but each
 notification count and last-seen time. The general path (ingest.ingest_notification) locks the
 group's incident, reads the instances, bumps them and updates the incident. When every alert of a
 notification is a stored instance that is still firing, with the same annotations and link, this
-lane does all of it in one statement that counts every instance or none (from the webhook, the
-same statement stores the delivery): the conditions are checked
-in the database, on the rows as they are when locked, so a concurrent resolution or edit sends
+lane does all of it in one statement that counts every instance or none (from the webhook,
+incidents.lane's statement does it and stores the delivery): the conditions are checked in the
+database, on the rows as they are when locked, so a concurrent resolution or edit sends
 the notification down the general path instead. Nothing else changes for such a notification:
 no timeline line, no counter, no re-collection, and the incident's `updated_at` stays (it marks
 changes to the incident, which the list's poll watches).
@@ -30,16 +30,16 @@ path does it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NamedTuple
 
 from django.db import connection
 
 from . import bulk
 from .alertmanager import AlertmanagerAlert
-from .models import Alert, WebhookDelivery
+from .models import Alert
 
 # incidents_alert is Alert's table (Meta has no db_table): its columns by their Django names.
 # `counted` is the instances' incidents when every incoming alert matched, and empty otherwise.
+# `incoming`'s last three columns are what incidents.lane inserts of a new alert (NULL here).
 #
 # The plan is fixed by the query's shape, not left to statistics: during a storm the table
 # grows faster than autovacuum analyzes it, and with no statistics PostgreSQL took the cluster's
@@ -53,24 +53,25 @@ from .models import Alert, WebhookDelivery
 # 3,306 rows, 0.5 ms by the primary key).
 COUNT_REPEATS = """
 WITH incoming AS (
-    SELECT * FROM jsonb_to_recordset(%s::jsonb)
-        AS i(fingerprint text, starts_at timestamptz, annotations jsonb, generator_url text)
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
+        AS i(fingerprint text, starts_at timestamptz, annotations jsonb, generator_url text,
+            alertname text, summary text, payload jsonb)
 ), wanted AS (
     SELECT s.id, i.annotations, i.generator_url FROM incoming i CROSS JOIN LATERAL (
         SELECT id FROM incidents_alert
-        WHERE cluster_id = %s AND fingerprint = i.fingerprint AND starts_at = i.starts_at
+        WHERE cluster_id = %(cluster)s AND fingerprint = i.fingerprint AND starts_at = i.starts_at
         LIMIT 1
     ) s
 ), matched AS (
     SELECT a.id FROM (SELECT * FROM wanted ORDER BY id) w CROSS JOIN LATERAL (
         SELECT id FROM incidents_alert
-        WHERE id = w.id AND status = %s
+        WHERE id = w.id AND status = %(firing)s
           AND annotations = w.annotations AND generator_url = w.generator_url
         FOR UPDATE
     ) a
 ), counted AS (
-    UPDATE incidents_alert SET notification_count = notification_count + 1, last_seen_at = %s
-    WHERE id = ANY (ARRAY(SELECT id FROM matched)) AND (SELECT count(*) FROM matched) = %s
+    UPDATE incidents_alert SET notification_count = notification_count + 1, last_seen_at = %(now)s
+    WHERE id = ANY (ARRAY(SELECT id FROM matched)) AND (SELECT count(*) FROM matched) = %(n)s
     RETURNING incident_id
 )
 """
@@ -78,51 +79,41 @@ WITH incoming AS (
 # Constants joined, no input in the text (S608): the values are all parameters.
 REPEAT_STATEMENT = COUNT_REPEATS + "SELECT incident_id FROM counted"  # noqa: S608
 
-# The same, and the delivery stored, processed, only when the repeats were counted: one
-# statement, so in autocommit one round trip and one commit for the whole webhook. (Casts:
-# INSERT … SELECT takes untyped literals as text, which PostgreSQL does not assign to inet.)
-STORE_AND_COUNT_STATEMENT = (
-    COUNT_REPEATS  # noqa: S608
-    + """, delivery AS (
-    INSERT INTO incidents_webhookdelivery (integration_id, received_at, body, content_type,
-        remote_addr, status, error, attempts, processed_at, alert_count)
-    SELECT %s::bigint, %s::timestamptz, %s::bytea, %s::text, %s::inet, %s::text, '', 1,
-        %s::timestamptz, %s::integer
-    WHERE EXISTS (SELECT FROM counted)
-    RETURNING id
-)
-SELECT (SELECT id FROM delivery), ARRAY(SELECT DISTINCT incident_id FROM counted),
-    (SELECT count(*) FROM wanted)
-"""
-)
 
-
-def _candidates(incoming: list[AlertmanagerAlert]) -> bool:
+def candidates(incoming: list[AlertmanagerAlert]) -> bool:
     """Worth a try: PostgreSQL, and every alert firing (a resolution is never a mere repeat)."""
     if connection.vendor != "postgresql" or not incoming:
         return False
     return all(alert.status == Alert.Status.FIRING for alert in incoming)
 
 
-def _count_params(cluster_id: int, incoming: list[AlertmanagerAlert], now: datetime) -> list:
+def incoming_row(alert: AlertmanagerAlert) -> dict:
+    """What the statement compares of an incoming alert, as a row of its `incoming` document."""
+    return {
+        "fingerprint": alert.fingerprint,
+        "starts_at": alert.startsAt.isoformat(),
+        "annotations": alert.annotations,
+        "generator_url": alert.generatorURL,
+    }
+
+
+def count_params(
+    cluster_id: int,
+    incoming: list[AlertmanagerAlert],
+    now: datetime,
+    rows: list[dict] | None = None,
+) -> dict:
+    """COUNT_REPEATS' parameters; `rows`: the `incoming` document when a caller needs more of
+    each alert than incoming_row (incidents.lane)."""
     # One JSON document rather than four arrays: psycopg quotes a string in C, but escapes an
     # array's elements one by one in Python (1.8 ms of a 50-alert notification's 19 ms).
-    rows = [
-        {
-            "fingerprint": a.fingerprint,
-            "starts_at": a.startsAt.isoformat(),
-            "annotations": a.annotations,
-            "generator_url": a.generatorURL,
-        }
-        for a in incoming
-    ]
-    return [
-        bulk.json_text(rows),
-        cluster_id,
-        Alert.Status.FIRING.value,
-        now,
-        len(incoming),
-    ]
+    return {
+        "rows": bulk.json_text(rows if rows is not None else [incoming_row(a) for a in incoming]),
+        "cluster": cluster_id,
+        "firing": Alert.Status.FIRING.value,
+        "now": now,
+        "n": len(incoming),
+    }
 
 
 def count_exact_repeats(
@@ -130,52 +121,9 @@ def count_exact_repeats(
 ) -> set[int] | None:
     """The incidents of `incoming` when all of it was exact repeats of firing instances, now
     counted; None (and nothing written) otherwise. Call inside the ingest's transaction."""
-    if not _candidates(incoming):
+    if not candidates(incoming):
         return None
     with connection.cursor() as cursor:
-        cursor.execute(REPEAT_STATEMENT, _count_params(cluster_id, incoming, now))
+        cursor.execute(REPEAT_STATEMENT, count_params(cluster_id, incoming, now))
         incident_ids = {row[0] for row in cursor.fetchall()}
     return incident_ids or None
-
-
-class Lane(NamedTuple):
-    """What the webhook's statement did: `delivery_id` and `incident_ids` when it took the whole
-    notification (stored and counted); `known`: how many of the incoming instances were stored
-    at all (any status) when it looked, so the general path knows when none was."""
-
-    delivery_id: int | None
-    incident_ids: set[int]
-    known: int
-
-
-def store_and_count(
-    delivery: dict,
-    alert_count: int,
-    cluster_id: int,
-    incoming: list[AlertmanagerAlert],
-    now: datetime,
-) -> Lane | None:
-    """The webhook's way in: one statement that, when `incoming` is all exact repeats, counts
-    them and stores the delivery, processed (then `Lane.delivery_id` is set), and otherwise
-    writes nothing. None when it was not worth trying (not PostgreSQL, or not all firing).
-    Call in autocommit: the statement is the transaction.
-
-    `delivery`: the WebhookDelivery fields the hook stores (integration, body, content_type,
-    remote_addr); `alert_count`: the notification's alerts, as the general path records it.
-    """
-    if not _candidates(incoming):
-        return None
-    params = _count_params(cluster_id, incoming, now) + [
-        delivery["integration"].pk,
-        now,
-        delivery["body"],
-        delivery["content_type"],
-        delivery["remote_addr"],
-        WebhookDelivery.Status.PROCESSED.value,
-        now,
-        alert_count,
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(STORE_AND_COUNT_STATEMENT, params)
-        delivery_id, incident_ids, known = cursor.fetchone()
-    return Lane(delivery_id, set(incident_ids) if delivery_id is not None else set(), known)

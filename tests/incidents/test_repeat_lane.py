@@ -1,6 +1,7 @@
-"""Exact repeats of firing alerts take one UPDATE (incidents/repeats.py); anything else, the general
-path, with the same outcome as before. PostgreSQL only: elsewhere every delivery takes the
-general path, which tests/incidents/test_ingest*.py cover."""
+"""Exact repeats of firing alerts take one UPDATE (incidents/repeats.py, from the webhook through
+incidents/lane.py); anything else, the general path, with the same outcome as before. PostgreSQL
+only: elsewhere every delivery takes the general path, which tests/incidents/test_ingest*.py
+cover."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from incidents import repeats
+from incidents import lane
 from incidents.models import Alert, Incident, TimelineEvent, WebhookDelivery
 from tests.incidents.payloads import firing, group, post, post_all_at_once, resolved
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql",
-    reason="the repeat lane is PostgreSQL's (arrays, row locks); CI runs the suite on it",
+    reason="the repeat lane is PostgreSQL's (JSON documents, row locks); CI runs the suite on it",
 )
 
 
@@ -146,7 +147,7 @@ def test_a_database_error_in_the_lane_leaves_the_delivery_to_the_general_path(
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1/0")  # a real error from PostgreSQL, mid-statement
 
-    monkeypatch.setattr(repeats, "store_and_count", broken)
+    monkeypatch.setattr(lane, "run", broken)
     answer = post(client, group(firing(pod="a")), am_token)
     assert answer.status_code == 200
     assert answer.json()["alerts_updated"] == 1
@@ -158,12 +159,14 @@ def test_a_database_error_in_the_lane_leaves_the_delivery_to_the_general_path(
 def test_what_the_lane_found_spares_the_general_path_its_read(client, am_token):
     post(client, group(firing(pod="a")), am_token)
     with CaptureQueriesContext(connection) as ctx:
-        answer = post(client, group(firing(pod="b"), firing(pod="c")), am_token).json()
-    assert answer["alerts_created"] == 2
+        answer = post(client, group(firing("Other", pod="b"), firing("Other", pod="c")), am_token)
+    assert answer.json()["alerts_created"] == 2 and Incident.objects.count() == 2
     reads = [q["sql"] for q in ctx.captured_queries if "FOR UPDATE" in q["sql"]]
-    # The group's incident is still locked; the instances, which the lane found none of, are
-    # not looked up again.
-    assert len(reads) == 2 and "incidents_incident" in reads[1], reads
+    # A new group: the lane looked for the instances and found none, then the general path
+    # looked for the group's open incident (twice: before and after deciding to open one), but
+    # not for the instances again.
+    assert len(reads) == 3 and reads[0].lstrip().startswith("WITH incoming AS"), reads
+    assert all("incidents_incident" in q and "incidents_alert" not in q for q in reads[1:])
     # A notification mixing a stored instance with a new one is read as before.
     with CaptureQueriesContext(connection) as ctx:
         answer = post(client, group(firing(pod="a"), firing(pod="d")), am_token).json()
@@ -185,9 +188,9 @@ def test_an_instance_stored_after_the_lane_looked_is_counted_not_duplicated(
 
     def saw_nothing(*args, **kwargs):
         looked.append(1)
-        return repeats.Lane(None, set(), 0)  # as if it ran just before the alert was stored
+        return lane.Lane(None, set(), 0)  # as if it ran just before the alert was stored
 
-    monkeypatch.setattr(repeats, "store_and_count", saw_nothing)
+    monkeypatch.setattr(lane, "run", saw_nothing)
     answer = post(client, group(firing(pod="a"), firing(pod="b")), am_token)
     assert answer.status_code == 200, answer.content
     assert looked == [1]

@@ -43,15 +43,14 @@ from .models import Incident, TimelineEvent, WebhookDelivery, group_hash
 # the statement never holds alert and incident locks at once; ingest takes them in the other
 # order). The incident's collection state is read under that lock, as ingest._roll_up reads it;
 # the UPDATE sees the same row (the lock is held), so its counters add to the latest values.
+# The status is in the text, as in ingest._GROUP_INCIDENT, for the partial unique index.
 # `publish`: collectors.tasks.debounced_request's answer, in SQL: a request was noted (the first
 # round has started and no later request is pending) and no round is running.
-STATEMENT = (
-    repeats.COUNT_REPEATS  # noqa: S608 (constants joined; the values are all parameters)
-    + """, grp AS (
+_JOIN_AND_STORE = f""", grp AS (
     SELECT id, collection_requested_at, collection_started_at, collection_finished_at
     FROM incidents_incident
-    WHERE cluster_id = %(cluster)s AND group_hash = %(group_hash)s AND NOT (status = %(resolved)s)
-        AND NOT EXISTS (SELECT FROM wanted)
+    WHERE cluster_id = %(cluster)s AND group_hash = %(group_hash)s
+        AND NOT (status = '{Incident.Status.RESOLVED.value}') AND NOT EXISTS (SELECT FROM wanted)
     FOR UPDATE
 ), asked AS (
     SELECT id,
@@ -93,8 +92,8 @@ STATEMENT = (
 )
 SELECT (SELECT id FROM delivery), ARRAY(SELECT DISTINCT incident_id FROM counted),
     (SELECT count(*) FROM wanted), (SELECT id FROM joined), (SELECT publish FROM joined)
-"""
-)
+"""  # noqa: S608 (a constant of the model in the text; the values are all parameters)
+STATEMENT = repeats.COUNT_REPEATS + _JOIN_AND_STORE
 # (Casts in `delivery`: INSERT … SELECT takes untyped parameters as text, which PostgreSQL does
 # not assign to inet.)
 
@@ -154,7 +153,6 @@ def run(
     rows = _new_alert_rows(incoming, now)
     params = repeats.count_params(integration.cluster_id, incoming, now, rows) | {
         "group_hash": group_hash(group_key),
-        "resolved": Incident.Status.RESOLVED.value,
         "kind": TimelineEvent.Kind.ALERT_FIRING.value,
         "actor": ACTOR,
         "worst": worst,

@@ -152,8 +152,12 @@ class Incident(models.Model):
         ]
         constraints = [
             # One open incident per Alertmanager group: concurrent notifications cannot split it.
+            # group_hash first, so that no other index can serve the group's lookup: with
+            # cluster first it tied with the cluster's own index (and `incident_correlation`)
+            # on a near-empty table, and a generic plan made then (ingest's statements are
+            # prepared) read every incident of the cluster for good.
             models.UniqueConstraint(
-                fields=["cluster", "group_hash"],
+                fields=["group_hash", "cluster"],
                 condition=~Q(status="resolved"),
                 name="one_open_incident_per_group",
             ),
@@ -185,8 +189,8 @@ class Alert(models.Model):
         FIRING = "firing"
         RESOLVED = "resolved"
 
-    # No single-column indexes on these two: the unique index and `alert_group` lead with
-    # cluster, `alert_incident_status` with incident, and every index is one more write for each
+    # No single-column indexes on these two: the unique index leads with cluster,
+    # `alert_incident_status` with incident, and every index is one more write for each
     # alert a storm inserts (Meta.indexes).
     cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="+", db_index=False)
     incident = models.ForeignKey(
@@ -214,7 +218,10 @@ class Alert(models.Model):
         ]
         indexes = [
             models.Index(fields=["incident", "status"], name="alert_incident_status"),
-            models.Index(fields=["cluster", "group_hash"], name="alert_group"),
+            # group_hash first: leading with cluster, it tied with the unique index for the
+            # lookup of an instance on a near-empty table, and a generic plan made then (ingest's
+            # statements are prepared, incidents.repeats) read every alert of the cluster.
+            models.Index(fields=["group_hash", "cluster"], name="alert_group"),
         ]
 
     def __str__(self) -> str:

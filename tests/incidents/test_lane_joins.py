@@ -260,3 +260,67 @@ def _wait_for_a_lock_wait(rival: psycopg.Connection) -> None:
                 return
             time.sleep(0.05)
     raise AssertionError("the delivery never waited on the rival's row")
+
+
+def _read_from(table: str) -> int:
+    """Rows and index entries this transaction has read from `table` and its indexes so far."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT sum(pg_stat_get_xact_tuples_returned(oid))::int FROM pg_class"
+            " WHERE oid = %s::regclass"
+            " OR oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = %s::regclass)",
+            [table, table],
+        )
+        return cursor.fetchone()[0]
+
+
+def _grow(incident: Incident, alerts: int, incidents: int) -> None:
+    """Other alerts of the cluster (in another group) and other incidents, by SQL."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO incidents_alert (cluster_id, incident_id, fingerprint, starts_at, status,"
+            " alertname, labels, annotations, generator_url, group_hash, first_seen_at,"
+            " last_seen_at, notification_count) SELECT %s, %s, 'other' || n, %s, 'firing', 'X',"
+            " '{}', '{}', '', %s, now(), now(), 1 FROM generate_series(1, %s) AS n",
+            [incident.cluster_id, incident.pk, T0, "f" * 64, alerts],
+        )
+        cursor.execute(
+            "INSERT INTO incidents_incident (cluster_id, title, status, severity, severity_rank,"
+            " service, namespace, grouping_key, group_hash, correlation_key, labels, opened_at,"
+            " updated_at, alert_count, firing_count, scope) SELECT %s, 'other', 'open', '', 0,"
+            " '', '', 'g' || n, md5(n::text), '', '{}', now(), now(), 0, 0, '{}'"
+            " FROM generate_series(1, %s) AS n",
+            [incident.cluster_id, incidents],
+        )
+
+
+@pytest.mark.django_db
+def test_a_plan_made_on_near_empty_tables_reads_no_more_as_they_grow(client, am_token):
+    """psycopg prepares the lane's statement on a connection's sixth run, and PostgreSQL may keep
+    one generic plan for it, made with the tables as they were then: on a new installation,
+    nearly empty. What a join reads must not grow with the cluster's alerts and incidents (such
+    a plan looked an alert up by cluster alone, and the open incident through the cluster's
+    index, both of which read every one of them, until the indexes led with group_hash).
+
+    Each measured join is the first into a group opened just before, so that both incidents
+    have as many row versions behind them (each update leaves one in the indexes)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+    post(client, group(firing("Warm", pod="0")), am_token)
+    incident = Incident.objects.get()
+    for i in range(1, 8):  # past prepare_threshold: the statement is prepared, its plan kept
+        assert post(client, group(firing("Warm", pod=f"{i}")), am_token).status_code == 200
+    read = {}
+    for size in ("small", "grown"):
+        if size == "grown":
+            _grow(incident, alerts=500, incidents=200)
+        post(client, group(firing(size, pod="first")), am_token)  # opens the group's incident
+        before = (_read_from("incidents_alert"), _read_from("incidents_incident"))
+        with CaptureQueriesContext(connection) as ctx:
+            answer = post(client, group(*[firing(size, pod=f"{i}") for i in range(3)]), am_token)
+        assert answer.json()["alerts_created"] == 3 and len(_work(ctx)) == 1
+        read[size] = (
+            _read_from("incidents_alert") - before[0],
+            _read_from("incidents_incident") - before[1],
+        )
+    assert read["grown"] == read["small"], read

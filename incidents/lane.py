@@ -15,9 +15,9 @@ delivery, the group's incident, the alerts and their lines, the incident, COMMIT
 bench` ingest (a), a new alert in a group's open incident, that was 1.8 ms of Python and 0.8 ms
 of PostgreSQL's CPU per webhook in-process; README's Benchmarks has what the lane makes of it.
 
-What the statement writes is what the general path writes: the rows are built by the same
-functions (ingest._alert_row and ingest._alert_event), and tests compare both paths' rows column
-by column. The conditions are checked in the database on the rows as locked: the group's
+What the statement writes is what the general path writes: the values come from the same
+functions (ingest.alert_event, ingest.alertname, ingest.severest), and tests compare both paths'
+rows column by column. The conditions are checked in the database on the rows as locked: the group's
 incident must still be open when its lock is granted, and none of the instances stored; an
 instance a concurrent delivery stores meanwhile makes the insert fail on the unique index, the
 statement rolls back whole, and the general path takes the delivery.
@@ -39,9 +39,8 @@ from .alertmanager import AlertmanagerAlert, AlertmanagerNotification
 from .ingest import ACTOR, IngestResult, alert_event, alertname, dedupe, severest
 from .models import Incident, TimelineEvent, WebhookDelivery, group_hash
 
-# `grp` is the group's open incident, locked, and only looked for when no instance is stored (so
-# the statement never holds alert and incident locks at once; ingest takes them in the other
-# order). The incident's collection state is read under that lock, as ingest._roll_up reads it;
+# `grp` is the group's open incident, locked, and only looked for when no instance is stored: the
+# statement locks either stored alerts (a repeat) or the incident (a join), never both. The incident's collection state is read under that lock, as ingest._roll_up reads it;
 # the UPDATE sees the same row (the lock is held), so its counters add to the latest values.
 # The status is in the text, as in ingest._GROUP_INCIDENT, for the partial unique index.
 # `publish`: collectors.tasks.debounced_request's answer, in SQL: a request was noted (the first

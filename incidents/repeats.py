@@ -50,7 +50,9 @@ from .models import Alert
 # updated by id: 1.7 ms for the same 50 (EXPLAIN ANALYZE, PostgreSQL 15). The update takes the
 # ids as an array: `id IN (SELECT …)` let the planner, which guesses 100 rows for a function
 # over a JSON document, hash-join a sequential scan of the table (2.6 ms for one alert over
-# 3,306 rows, 0.5 ms by the primary key).
+# 3,306 rows, 0.5 ms by the primary key). One weakness is left: a generic plan (the statement is
+# prepared) made while the table is small scans it for the UPDATE, until autovacuum analyzes the
+# table or the connection is replaced (README, Benchmarks: "Found and left").
 COUNT_REPEATS = """
 WITH incoming AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)

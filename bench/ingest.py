@@ -209,6 +209,7 @@ def run(cfg: Config) -> dict:
             wrk_threads=cfg.wrk_threads,
         )
         result["server_cpu_s"] = cpu_delta(before, cpu_snapshot(roots))
+        result["cpu_ms_per_request"] = cpu_per_request(result)
         return result
 
     try:
@@ -310,6 +311,21 @@ CASE_NAMES = {
 }
 
 
+def cpu_per_request(case: dict) -> dict[str, float]:
+    """Each process group's CPU per answered request, in ms: where a case's time goes, comparable
+    across runs of different lengths and rates (the ratio's arithmetic: half the ceiling leaves
+    twice the do-nothing view's machine CPU per request)."""
+    requests = case.get("requests") or 0
+    if not requests:
+        return {}
+    spent = {"client": case.get("client_cpu_s"), **case.get("server_cpu_s", {})}
+    return {
+        name: round(seconds / requests * 1000, 3)
+        for name, seconds in spent.items()
+        if seconds is not None
+    }
+
+
 def report(result: dict) -> str:
     rows = []
     for key, label in CASE_NAMES.items():
@@ -377,6 +393,18 @@ def report(result: dict) -> str:
         "\nx ceiling: each case's req/s over the ceiling measured just before it ((a), (b)), or"
         " at the start ((c), the first row)"
     )
+    per_request = [
+        f"{key} "
+        + " / ".join(
+            f"{name} {case['cpu_ms_per_request'][name]:.2f}"
+            for name in ("gunicorn", "postgres", "celery", "client", "machine")
+            if name in case.get("cpu_ms_per_request", {})
+        )
+        for key, case in result["cases"].items()
+        if case.get("cpu_ms_per_request")
+    ]
+    if per_request:
+        text += "\nCPU per request (ms): " + "; ".join(per_request)
     if result.get("drain_s"):
         text += "\nwaited for the worker to drain between cases (s): " + ", ".join(
             f"{k} {v:g}" for k, v in result["drain_s"].items()

@@ -98,6 +98,11 @@ def test_every_benchmark_runs_and_writes_json(tmp_path):
     for case in ingest["cases"].values():
         assert case["requests"] > 0
         assert {"p50", "p95", "p99"} <= set(case["latency_ms"])
+        per_request = case["cpu_ms_per_request"]
+        assert {"gunicorn", "postgres", "machine", "client"} <= set(per_request)
+        assert per_request["gunicorn"] == pytest.approx(
+            case["server_cpu_s"]["gunicorn"] / case["requests"] * 1000, abs=1e-3
+        )
     assert ingest["gunicorn"]["workers"] >= 1
     # (a) and (b) are each divided by a ceiling measured just before them, (c) by the first.
     assert set(ingest["ceiling_just_before"]) == {"a", "b"}
@@ -188,3 +193,20 @@ def test_percentiles_are_nearest_rank():
     assert percentile(values, 99) == 99
     assert percentile([], 95) is None
     assert latency_summary([0.001, 0.002])["p50"] == 1.0
+
+
+def test_cpu_per_request_divides_each_process_group_by_the_answered_requests():
+    from bench.ingest import cpu_per_request
+
+    case = {
+        "requests": 4_000,
+        "client_cpu_s": 1.0,
+        "server_cpu_s": {"gunicorn": 4.4, "postgres": 2.0, "celery": None, "machine": 12.0},
+    }
+    assert cpu_per_request(case) == {
+        "client": 0.25,
+        "gunicorn": 1.1,
+        "postgres": 0.5,
+        "machine": 3.0,
+    }
+    assert cpu_per_request({**case, "requests": 0}) == {}

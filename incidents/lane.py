@@ -27,6 +27,7 @@ PostgreSQL only, as incidents.repeats.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -38,6 +39,8 @@ from . import repeats
 from .alertmanager import AlertmanagerAlert, AlertmanagerNotification
 from .ingest import ACTOR, IngestResult, alert_event, alertname, dedupe, severest
 from .models import Incident, TimelineEvent, WebhookDelivery, group_hash
+
+logger = logging.getLogger(__name__)
 
 # `grp` is the group's open incident, locked, and only looked for when no instance is stored: the
 # statement locks either stored alerts (a repeat) or the incident (a join), never both. The incident's collection state is read under that lock, as ingest._roll_up reads it;
@@ -148,9 +151,16 @@ def run(
     if not repeats.candidates(incoming):
         return None
     integration = delivery["integration"]
-    worst, severity = severest(incoming)
-    rows = _new_alert_rows(incoming, now)
-    params = repeats.count_params(integration.cluster_id, incoming, now, rows) | {
+    try:
+        worst, severity = severest(incoming)
+        rows = _new_alert_rows(incoming, now)
+        document = repeats.count_params(integration.cluster_id, incoming, now, rows)
+    except Exception:
+        # Nothing is written yet: the general path takes the notification, and should it fail
+        # the same way, the hook keeps the body for reprocess_deliveries instead of losing it.
+        logger.exception("the lane could not build its document; the general path takes it")
+        return None
+    params = document | {
         "group_hash": group_hash(group_key),
         "kind": TimelineEvent.Kind.ALERT_FIRING.value,
         "actor": ACTOR,

@@ -324,3 +324,25 @@ def test_a_plan_made_on_near_empty_tables_reads_no_more_as_they_grow(client, am_
             _read_from("incidents_incident") - before[1],
         )
     assert read["grown"] == read["small"], read
+
+
+@pytest.mark.django_db
+def test_a_notification_the_lane_cannot_prepare_goes_down_the_general_path(
+    client, am_token, monkeypatch
+):
+    """An error while the lane builds its document (before it writes anything) costs nothing:
+    the general path stores and ingests the notification."""
+    post(client, group(firing(pod="a")), am_token)
+
+    def broken(*args, **kwargs):
+        raise ValueError("a payload shape nobody foresaw")
+
+    monkeypatch.setattr(lane, "alert_event", broken)
+    with CaptureQueriesContext(connection) as ctx:
+        answer = post(client, group(firing(pod="b")), am_token)
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["alerts_created"] == 1
+    # The lane ran no statement of its own.
+    assert not any(q.lstrip().startswith("WITH incoming AS") for q in _work(ctx))
+    assert Incident.objects.get().alert_count == 2
+    assert list(WebhookDelivery.objects.values_list("status", flat=True)) == ["processed"] * 2

@@ -142,8 +142,8 @@ def run(
     now: datetime,
 ) -> Lane | None:
     """Run the lane's statement for a notification's `incoming` instances (deduplicated); None
-    when it was not worth trying (not PostgreSQL, or not all firing). Call in autocommit: the
-    statement is the transaction.
+    when it was not worth trying (not PostgreSQL, or not all firing) or its document could not
+    be built. Call in autocommit: the statement is the transaction.
 
     `delivery`: the WebhookDelivery fields the hook stores (integration, body, content_type,
     remote_addr); `alert_count`: the notification's alerts, as the general path records it.

@@ -557,6 +557,33 @@ def test_redact_returns_a_new_structure_and_never_mutates():
     assert redacted["a"][1] == ("--token", R)  # tuples stay tuples
 
 
+def test_other_mapping_sequence_and_string_types_are_redacted_like_their_plain_kinds():
+    """`redact` dispatches on the exact types json.loads makes; subclasses and other mappings
+    (the Kubernetes client's objects, OrderedDict, a str subclass) take the general path."""
+    from collections import OrderedDict
+    from types import MappingProxyType
+
+    class Text(str):
+        pass
+
+    data = OrderedDict(
+        password="hunter2",
+        nested=MappingProxyType({"api_key": "abc123", "note": Text(f"Bearer {JWT}")}),
+        args=("--token", "abc123"),
+        plain=Text("nothing here"),
+        number=3,
+    )
+    redacted, count = redact(data)
+    assert count == 4
+    assert redacted == {
+        "password": R,
+        "nested": {"api_key": R, "note": f"Bearer {R}"},
+        "args": ("--token", R),
+        "plain": "nothing here",
+        "number": 3,
+    }
+
+
 def test_redacting_a_structure_twice_changes_nothing_more():
     data = {
         "password": "hunter2",

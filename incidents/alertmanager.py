@@ -26,6 +26,7 @@ import json
 import logging
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -35,6 +36,7 @@ from collectors.redaction import redact, redact_text
 logger = logging.getLogger(__name__)
 GO_ZERO_TIME_YEAR = 1
 _FRACTION = re.compile(r"(\.\d{6})\d+")
+_WEB_LINK = re.compile(r"https?://", re.IGNORECASE)
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
 
@@ -54,6 +56,14 @@ def parse_time(value: object) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 string")
+    return _parse_time_text(value)
+
+
+@lru_cache(maxsize=4096)
+def _parse_time_text(value: str) -> datetime | None:
+    """parse_time of a string, remembered: a notification's alerts share their endsAt (Go's zero
+    time while firing) and mostly their startsAt, and a storm repeats them on every delivery.
+    A datetime is immutable, so sharing one is safe; an error is raised again, never cached."""
     text = _FRACTION.sub(r"\1", value.strip())
     if text.endswith(("z", "Z")):
         text = text[:-1] + "+00:00"
@@ -74,7 +84,7 @@ def parse_time(value: object) -> datetime | None:
 def web_link(value: str) -> str:
     """`value` if it is an http(s) URL, else "": the page links to it (a `javascript:` link would
     be script in the page, were it not for the CSP), and dropping a bad link loses no alert."""
-    return value if re.match(r"https?://", value.strip(), re.IGNORECASE) else ""
+    return value if _WEB_LINK.match(value.strip()) else ""
 
 
 class _Strict(BaseModel):

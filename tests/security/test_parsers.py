@@ -136,6 +136,26 @@ def test_a_secret_is_gone_from_the_decoded_json_as_from_the_stored_body():
     assert "example.com" in notification.alerts[0].labels["instance"]
 
 
+@pytest.mark.parametrize("bad", ["2026-13-01T00:00:00Z", "2026-01-01T00:00:00", "yesterday"])
+def test_a_bad_time_is_refused_every_time_it_comes(bad):
+    """Times are parsed once per distinct string (a storm repeats them); an error must not be
+    remembered as an answer, nor a good time's answer shared with a bad one."""
+
+    def body(starts_at: str) -> bytes:
+        alert = firing()
+        alert["startsAt"] = starts_at
+        return json.dumps(group(alert)).encode()
+
+    for _ in range(3):
+        with pytest.raises(PayloadError) as caught:
+            parse_notification(body(bad))
+        assert caught.value.field == "alerts[0].startsAt"
+    good = parse_notification(body("2026-01-01T00:00:00.123456789Z"))
+    again = parse_notification(body("2026-01-01T00:00:00.123456789Z"))
+    assert good.alerts[0].startsAt == again.alerts[0].startsAt
+    assert good.alerts[0].startsAt.isoformat() == "2026-01-01T00:00:00.123456+00:00"
+
+
 # -- through the hook, with the database ------------------------------------------------------
 
 pytestmark_db = pytest.mark.django_db

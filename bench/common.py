@@ -227,19 +227,31 @@ def proc_table() -> dict[int, tuple[int, str, float]]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        raw = _read(f"/proc/{entry}/stat")
-        if not raw:
-            continue
-        close = raw.rfind(")")
-        comm = raw[raw.find("(") + 1 : close]
-        fields = raw[close + 2 :].split()
-        try:
-            ppid = int(fields[1])
-            cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        except (IndexError, ValueError):
-            continue
-        out[int(entry)] = (ppid, comm, cpu)
+        row = proc_table_entry(int(entry))
+        if row is not None:
+            out[int(entry)] = row
     return out
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """One process's CPU seconds so far (user + system), None when it cannot be read here."""
+    return (proc_table_entry(pid) or (0, "", None))[2]
+
+
+def proc_table_entry(pid: int) -> tuple[int, str, float] | None:
+    raw = _read(f"/proc/{pid}/stat")
+    if not raw:
+        return None
+    close = raw.rfind(")")
+    fields = raw[close + 2 :].split()
+    try:
+        return (
+            int(fields[1]),
+            raw[raw.find("(") + 1 : close],
+            (int(fields[11]) + int(fields[12])) / CLK_TCK,
+        )
+    except (IndexError, ValueError):
+        return None
 
 
 def descendants(root: int, procs: dict[int, tuple[int, str, float]]) -> list[int]:

@@ -16,15 +16,15 @@ import pstats
 import time
 from datetime import UTC, datetime, timedelta
 
-from .common import Config, env_int, table
+from .common import Config, env_int, process_cpu_seconds, table
 from .ingest import bulk_template, renotify_bodies, single_template
 from .loadgen import Bodies
 from .pages import _explain, _QueryTimer
 
 
-def _post(client, body: bytes, token: str):
+def _post(client, body: bytes, token: str, path: str = "/hooks/alertmanager"):
     return client.post(
-        "/hooks/alertmanager",
+        path,
         data=body,
         content_type="application/json",
         secure=True,
@@ -39,6 +39,61 @@ def _stats(profile: cProfile.Profile, sort: str, limit: int | None = None) -> st
     text = out.getvalue()
     start = text.find("   ncalls")
     return text[start:] if start >= 0 else text
+
+
+CEILING = "/bench/ceiling"  # vigil/urls.py, with VIGIL_BENCH_CEILING=1 (bench/__main__.py sets it)
+
+
+def _backend_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def cpu_per_request(client, token: str, cases: dict[str, tuple[str, Bodies]]) -> dict:
+    """CPU per request in-process, this interpreter's and its PostgreSQL backend's, for each case
+    and for the do-nothing view (VIGIL_BENCH_CEILING): what the hook adds to a request is what
+    its ratio to the ceiling in `make bench` ingest depends on, and here it is measured without
+    the other processes of a loaded machine. Each round opens a new connection (a new backend,
+    its statements prepared anew, as in production every CONN_MAX_AGE) and takes the cases in
+    turn; the figures are each case's median over the rounds.
+    """
+    from django.db import connection
+
+    rounds = env_int("BENCH_PROFILE_CPU_ROUNDS", 3)
+    requests = env_int("BENCH_PROFILE_CPU_REQUESTS", 1000)
+    samples: dict[str, list[tuple[float, float | None]]] = {key: [] for key in cases}
+    for number in range(rounds):
+        for key, (path, bodies) in cases.items():
+            n = requests if bodies.alerts_per_body == 1 else max(10, requests // 10)
+            connection.close()
+            pid = _backend_pid()
+            sender = 16 + number * len(cases) + list(cases).index(key)
+            for i in range(10):  # prepared statements, caches
+                _post(client, bodies.body(sender, n + i, 1), token, path)
+            python, backend = time.process_time(), process_cpu_seconds(pid)
+            for i in range(n):
+                _post(client, bodies.body(sender, i, 1), token, path)
+            after = process_cpu_seconds(pid)
+            samples[key].append(
+                (
+                    (time.process_time() - python) / n * 1000,
+                    None if backend is None or after is None else (after - backend) / n * 1000,
+                )
+            )
+    out = {}
+    for key, rows in samples.items():
+        python = sorted(r[0] for r in rows)[len(rows) // 2]
+        known = sorted(r[1] for r in rows if r[1] is not None)
+        postgres = known[len(known) // 2] if known else None
+        out[key] = {"python_ms": round(python, 3), "postgres_ms": _round(postgres)}
+    return {"rounds": rounds, "requests": requests, "cases": out}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def run(cfg: Config) -> dict:
@@ -101,7 +156,15 @@ def run(cfg: Config) -> dict:
         }
         if key in ("c", "d"):
             results[key]["explain"] = _explain(sorted(timer.queries, key=lambda q: -q["ms"]))
-    return {"cases": results}
+    cpu_cases = {
+        "a": ("/hooks/alertmanager", single_template("pa", starts)),
+        "b": ("/hooks/alertmanager", renotify),
+        "c": ("/hooks/alertmanager", bulk_template("pc", starts)),
+    }
+    ceiling = single_template("px", starts)
+    if _post(client, ceiling.body(0, 0, 1), token, CEILING).status_code == 200:
+        cpu_cases = {"ceiling": (CEILING, ceiling), **cpu_cases}
+    return {"cases": results, "cpu": cpu_per_request(client, token, cpu_cases)}
 
 
 def report(result: dict) -> str:
@@ -127,6 +190,9 @@ def report(result: dict) -> str:
             ),
         )
     )
+    cpu = result.get("cpu")
+    if cpu:
+        parts.append("\n" + cpu_report(cpu))
     for key, c in result["cases"].items():
         parts.append(f"\n-- case {key}: statements of one request")
         for q in c["queries"]:
@@ -137,6 +203,32 @@ def report(result: dict) -> str:
         for plan in result["cases"].get(key, {}).get("explain", []):
             parts.append(f"-- ({key}) EXPLAIN of {plan['sql'][:200]}\n{plan['plan'][:3000]}")
     return "\n".join(parts)
+
+
+def cpu_report(cpu: dict) -> str:
+    ceiling = cpu["cases"].get("ceiling")
+    base = ceiling["python_ms"] + (ceiling["postgres_ms"] or 0) if ceiling else None
+    rows = []
+    for key, case in cpu["cases"].items():
+        total = case["python_ms"] + (case["postgres_ms"] or 0)
+        rows.append(
+            [
+                key,
+                case["python_ms"],
+                case["postgres_ms"],
+                round(total, 3),
+                None if base is None else round(total - base, 3),
+            ]
+        )
+    return table(
+        ["case", "python ms", "postgres ms", "total ms", "over the ceiling ms"],
+        rows,
+        title=(
+            f"CPU per request in-process (median of {cpu['rounds']} rounds of "
+            f"{cpu['requests']} requests, 1/10 as many for (c); postgres: this connection's "
+            "backend)"
+        ),
+    )
 
 
 def targets(result: dict) -> list[dict]:

@@ -140,6 +140,24 @@ def test_ingest_with_the_asyncio_client(tmp_path):
     assert all(case["client_cpu_s"] >= 0 for case in ingest["cases"].values())
 
 
+def test_the_webhook_profile_compares_each_case_with_the_ceiling_in_process(tmp_path):
+    completed, document = _run_bench(
+        tmp_path, "profile", BENCH_PROFILE_CPU_ROUNDS="1", BENCH_PROFILE_CPU_REQUESTS="20"
+    )
+
+    profile = document["results"]["profile"]
+    assert {case["status"] for case in profile["cases"].values()} == {200}
+    cpu = profile["cpu"]
+    assert (cpu["rounds"], cpu["requests"]) == (1, 20)
+    # The do-nothing view was reachable (bench/__main__.py turns it on for this child).
+    assert list(cpu["cases"]) == ["ceiling", "a", "b", "c"]
+    for case in cpu["cases"].values():
+        assert case["python_ms"] > 0
+        assert case["postgres_ms"] is not None  # the backend's /proc entry was read
+    assert "CPU per request in-process" in completed.stdout
+    assert _databases_left(document["run_id"]) == []
+
+
 def test_the_storm_plan_paces_every_group_over_the_window():
     from bench.storm import NOTIFICATIONS, plan
 

@@ -69,3 +69,25 @@ def test_a_worker_freezes_what_loading_the_application_made():
     frozen, still_tracked = map(int, out.stdout.split())
     assert frozen > 50_000
     assert still_tracked < frozen / 10
+
+
+def test_a_broken_url_configuration_does_not_stop_a_worker_from_starting():
+    """The hook only freezes: an error it meets while importing the views is logged and left to
+    the first request to report, as without the hook, instead of failing the worker's boot."""
+    script = (
+        "import gc\n"
+        "from vigil.wsgi import application\n"
+        "from django.conf import settings\n"
+        "settings.ROOT_URLCONF = 'vigil.no_such_urls'\n"
+        "from vigil import gunicorn\n"
+        "gunicorn.post_worker_init(None)\n"
+        "print(gc.get_freeze_count())\n"
+    )
+    env = {**os.environ, "VIGIL_SECRET_KEY": "test", "DJANGO_SETTINGS_MODULE": "vigil.settings"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert int(out.stdout.split()[-1]) > 50_000
+    assert "URL configuration not loadable at worker start" in out.stderr
+    assert "vigil.no_such_urls" in out.stderr

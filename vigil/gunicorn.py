@@ -47,9 +47,14 @@ def post_worker_init(worker) -> None:
     URL configuration is loaded first, in case a view module is not imported yet.
     """
     import gc
+    import logging
 
     from django.urls import get_resolver
 
-    get_resolver().url_patterns  # noqa: B018 (imports every view module)
+    try:
+        get_resolver().url_patterns  # noqa: B018 (imports every view module)
+    except Exception:
+        # Not this hook's to decide: the first request reports it, as it would without the hook.
+        logging.getLogger(__name__).exception("URL configuration not loadable at worker start")
     gc.collect()
     gc.freeze()

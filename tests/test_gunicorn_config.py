@@ -48,24 +48,29 @@ def test_the_connection_cap_follows_the_threads(threads, cap):
     assert settings["worker_connections"] == cap
 
 
-def test_a_worker_freezes_what_loading_the_application_made():
-    """post_worker_init, as gunicorn calls it once the worker has loaded vigil.wsgi: the loaded
-    application's objects are out of the collector's sight, so a full collection no longer walks
-    them with the interpreter lock held."""
-    assert printed_config()["post_worker_init"] == "<post_worker_init()>"
-    script = (
-        "import gc\n"
-        "from vigil.wsgi import application\n"
-        "from vigil import gunicorn\n"
-        "assert gc.get_freeze_count() == 0\n"
-        "gunicorn.post_worker_init(None)\n"
-        "print(gc.get_freeze_count(), len(gc.get_objects()))\n"
-    )
+def in_a_loaded_worker(*lines: str) -> subprocess.CompletedProcess:
+    """Run `lines` in a fresh interpreter that has loaded vigil.wsgi, as a gunicorn worker has
+    when it calls post_worker_init (`gc` imported)."""
+    script = "\n".join(["import gc", "from vigil.wsgi import application", *lines, ""])
     env = {**os.environ, "VIGIL_SECRET_KEY": "test", "DJANGO_SETTINGS_MODULE": "vigil.settings"}
     out = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_a_worker_freezes_what_loading_the_application_made():
+    """post_worker_init, as gunicorn calls it once the worker has loaded vigil.wsgi: the loaded
+    application's objects are out of the collector's sight, so a full collection no longer walks
+    them with the interpreter lock held."""
+    assert printed_config()["post_worker_init"] == "<post_worker_init()>"
+    out = in_a_loaded_worker(
+        "assert gc.get_freeze_count() == 0",
+        "from vigil import gunicorn",
+        "gunicorn.post_worker_init(None)",
+        "print(gc.get_freeze_count(), len(gc.get_objects()))",
+    )
     frozen, still_tracked = map(int, out.stdout.split())
     assert frozen > 50_000
     assert still_tracked < frozen / 10
@@ -74,20 +79,13 @@ def test_a_worker_freezes_what_loading_the_application_made():
 def test_a_broken_url_configuration_does_not_stop_a_worker_from_starting():
     """The hook only freezes: an error it meets while importing the views is logged and left to
     the first request to report, as without the hook, instead of failing the worker's boot."""
-    script = (
-        "import gc\n"
-        "from vigil.wsgi import application\n"
-        "from django.conf import settings\n"
-        "settings.ROOT_URLCONF = 'vigil.no_such_urls'\n"
-        "from vigil import gunicorn\n"
-        "gunicorn.post_worker_init(None)\n"
-        "print(gc.get_freeze_count())\n"
+    out = in_a_loaded_worker(
+        "from django.conf import settings",
+        "settings.ROOT_URLCONF = 'vigil.no_such_urls'",
+        "from vigil import gunicorn",
+        "gunicorn.post_worker_init(None)",
+        "print(gc.get_freeze_count())",
     )
-    env = {**os.environ, "VIGIL_SECRET_KEY": "test", "DJANGO_SETTINGS_MODULE": "vigil.settings"}
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
     assert int(out.stdout.split()[-1]) > 50_000
     assert "URL configuration not loadable at worker start" in out.stderr
     assert "vigil.no_such_urls" in out.stderr

@@ -235,10 +235,12 @@ def proc_table() -> dict[int, tuple[int, str, float]]:
 
 def process_cpu_seconds(pid: int) -> float | None:
     """One process's CPU seconds so far (user + system), None when it cannot be read here."""
-    return (proc_table_entry(pid) or (0, "", None))[2]
+    entry = proc_table_entry(pid)
+    return None if entry is None else entry[2]
 
 
 def proc_table_entry(pid: int) -> tuple[int, str, float] | None:
+    """(ppid, comm, cpu seconds) of one process, None when /proc does not show it."""
     raw = _read(f"/proc/{pid}/stat")
     if not raw:
         return None

@@ -52,7 +52,7 @@ def _backend_pid() -> int:
         return cursor.fetchone()[0]
 
 
-def cpu_per_request(client, token: str, cases: dict[str, tuple[str, Bodies]]) -> dict:
+def in_process_cpu(client, token: str, cases: dict[str, tuple[str, Bodies]]) -> dict:
     """CPU per request in-process, this interpreter's and its PostgreSQL backend's, for each case
     and for the do-nothing view (VIGIL_BENCH_CEILING): what the hook adds to a request is what
     its ratio to the ceiling in `make bench` ingest depends on, and here it is measured without
@@ -164,7 +164,7 @@ def run(cfg: Config) -> dict:
     ceiling = single_template("px", starts)
     if _post(client, ceiling.body(0, 0, 1), token, CEILING).status_code == 200:
         cpu_cases = {"ceiling": (CEILING, ceiling), **cpu_cases}
-    return {"cases": results, "cpu": cpu_per_request(client, token, cpu_cases)}
+    return {"cases": results, "cpu": in_process_cpu(client, token, cpu_cases)}
 
 
 def report(result: dict) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from io import StringIO
 from pathlib import Path
 
@@ -55,6 +57,45 @@ def test_the_replay_command_prints_the_incident_url_and_the_world_it_serves():
     assert incident.cluster == cluster
     # The scenario's self-description never reaches the pipeline.
     assert "bad-deploy" not in cluster.name and "bad-deploy" not in incident.grouping_key
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sigterm_while_worlds_start_stops_those_started_and_restores_the_handler(monkeypatch):
+    """`make run` ends the replay with SIGTERM, possibly while it is still starting worlds: the
+    worlds started so far are stopped (their Prometheus servers outlived the process before),
+    and the SIGTERM handler the command found is put back."""
+    started, stopped, received = [], [], []
+    real_start, real_stop = ReplayWorld.start, ReplayWorld.stop
+
+    def start(world):
+        if started:  # the second world: SIGTERM arrives while it starts
+            os.kill(os.getpid(), signal.SIGTERM)
+        started.append(world)
+        return real_start(world)
+
+    def stop(world):
+        stopped.append(world)
+        real_stop(world)
+
+    monkeypatch.setattr(ReplayWorld, "start", start)
+    monkeypatch.setattr(ReplayWorld, "stop", stop)
+
+    def outside(signum, frame):  # the handler in force before (pytest's default would kill)
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, outside)
+    try:
+        err = StringIO()
+        call_command(
+            "replay", "--no-metrics", *map(str, SCENARIOS[:3]), stdout=StringIO(), stderr=err
+        )
+        assert signal.getsignal(signal.SIGTERM) is outside
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(started) == 1  # the interrupt came before the second world started
+    assert stopped == started
+    assert received == []
+    assert "interrupted" in err.getvalue()
 
 
 @pytest.mark.django_db

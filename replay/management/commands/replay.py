@@ -1,11 +1,16 @@
 import signal
 import threading
+import time
 
 from django.core.management.base import BaseCommand, CommandError
 
 from replay.scenario import ScenarioError, load_scenario
 from replay.server import serve_in_process, server_url
 from replay.world import ReplayError, ReplayWorld
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 class Command(BaseCommand):
@@ -28,7 +33,21 @@ class Command(BaseCommand):
         )
         parser.add_argument("--no-metrics", action="store_true", help="do not start Prometheus")
 
-    def handle(self, *args, scenarios, keep, url, port, no_metrics, **options):
+    def handle(self, *args, **options):
+        """The replay, with SIGTERM taken as an interrupt from the first step: `make run` stops it
+        with SIGTERM, and by default that ended the process without its `finally`, leaving the
+        Prometheus servers of the worlds started so far running, orphaned."""
+        if threading.current_thread() is not threading.main_thread():
+            return self._replay(**options)  # signal handlers are the main thread's alone
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            return self._replay(**options)
+        except KeyboardInterrupt:
+            self.stderr.write("interrupted: the worlds started so far are stopped")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _replay(self, *, scenarios, keep, url, port, no_metrics, **options):
         loaded = []
         for path in scenarios:
             try:
@@ -72,10 +91,9 @@ class Command(BaseCommand):
             self.stdout.write(f"  incident: {url.rstrip('/')}/incidents/{incident_id}/")
 
     def _wait_for_interrupt(self) -> None:
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        """Until Ctrl-C or SIGTERM (which `handle` turns into the same interrupt)."""
         try:
-            while not stop.wait(1):
-                pass
+            while True:
+                time.sleep(3600)
         except KeyboardInterrupt:
             pass

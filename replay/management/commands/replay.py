@@ -43,7 +43,7 @@ class Command(BaseCommand):
         try:
             return self._replay(**options)
         except KeyboardInterrupt:
-            self.stderr.write("interrupted: the worlds started so far are stopped")
+            raise CommandError("interrupted; the worlds started so far are stopped") from None
         finally:
             signal.signal(signal.SIGTERM, previous)
 

@@ -104,7 +104,7 @@ def test_every_benchmark_runs_and_writes_json(tmp_path):
             case["server_cpu_s"]["gunicorn"] / case["requests"] * 1000, abs=1e-3
         )
     assert ingest["gunicorn"]["workers"] >= 1
-    # (a) and (c) measure alerts joining open incidents: the warm-up opened every group's.
+    # (a) and (c) measure alerts joining open incidents: every group was opened before each.
     assert ingest["incidents_opened_in_cases"] == {"a": 0, "c": 0}
     # (a) and (b) are each divided by a ceiling measured just before them, (c) by the first.
     assert set(ingest["ceiling_just_before"]) == {"a", "b"}

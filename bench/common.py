@@ -227,9 +227,10 @@ def proc_table() -> dict[int, tuple[int, str, float]]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        row = proc_table_entry(int(entry))
+        pid = int(entry)
+        row = proc_table_entry(pid)
         if row is not None:
-            out[int(entry)] = row
+            out[pid] = row
     return out
 
 

@@ -268,8 +268,8 @@ def run(cfg: Config) -> dict:
             "seconds": round(seed_seconds, 2),
         }
         # Every group's incident is opened, and its first collection round drained, before (c)
-        # is measured, as (a)'s warm-up does for its groups: both cases then measure new
-        # alerts joining open incidents, not the opening of 200 incidents and their rounds.
+        # is measured, as (a)'s groups were: both cases then measure new alerts joining open
+        # incidents, not the opening of 200 incidents and their rounds.
         _open_groups(hook, bulk_template("o", starts, groups=groups), groups, auth)
         drained["before c"] = drain(cfg.queue)
         cases["c"] = measure("c", hook, bulk_template("c", starts, groups=groups))

@@ -43,8 +43,9 @@ from .models import Incident, TimelineEvent, WebhookDelivery, group_hash
 logger = logging.getLogger(__name__)
 
 # `grp` is the group's open incident, locked, and only looked for when no instance is stored: the
-# statement locks either stored alerts (a repeat) or the incident (a join), never both. The incident's collection state is read under that lock, as ingest._roll_up reads it;
-# the UPDATE sees the same row (the lock is held), so its counters add to the latest values.
+# statement locks either stored alerts (a repeat) or the incident (a join), never both. The
+# incident's collection state is read under that lock, as ingest._roll_up reads it; the UPDATE
+# sees the same row (the lock is held), so its counters add to the latest values.
 # The status is in the text, as in ingest._GROUP_INCIDENT, for the partial unique index.
 # `publish`: collectors.tasks.debounced_request's answer, in SQL: a request was noted (the first
 # round has started and no later request is pending) and no round is running.

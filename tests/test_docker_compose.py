@@ -133,3 +133,8 @@ def test_alertmanager_config_is_accepted_and_targets_the_hook(compose, tmp_path)
         assert "web:8000/hooks/alertmanager" in server.status()["config"]["original"]
     finally:
         server.stop()
+
+
+def test_the_worker_yields_the_cpu_to_the_web(compose):
+    services = compose["services"]
+    assert services["worker"]["cpu_shares"] < services["web"].get("cpu_shares", 1024)

@@ -118,3 +118,10 @@ def test_four_eyes_is_on_in_production_and_off_in_development_unless_set():
     assert _setting("VIGIL_FOUR_EYES", **production, VIGIL_FOUR_EYES="0") == "False"
     assert _setting("VIGIL_FOUR_EYES", VIGIL_DEBUG="1") == "False"
     assert _setting("VIGIL_FOUR_EYES", VIGIL_DEBUG="1", VIGIL_FOUR_EYES="1") == "True"
+
+
+def test_a_bad_worker_nice_is_a_clear_error():
+    for value in ("low", "-5", "20"):
+        result = run_manage("check", VIGIL_DEBUG="1", VIGIL_WORKER_NICE=value)
+        assert result.returncode != 0
+        assert f"VIGIL_WORKER_NICE={value!r} is not a nice increment from 0 to 19" in result.stderr

@@ -66,6 +66,20 @@ def env_prepare_threshold(name: str, default: int) -> int | None:
     return value
 
 
+def env_nice(name: str, default: int) -> int:
+    """An increment of a process's nice value: 0 (unchanged) to 19 (the lowest priority)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a nice increment from 0 to 19")
+    return value
+
+
 DEBUG = env_bool("VIGIL_DEBUG", False)
 TESTING = env_bool("VIGIL_TESTING", False)
 
@@ -357,6 +371,10 @@ VIGIL_SWEEP_GRACE = timedelta(seconds=env_seconds("VIGIL_SWEEP_GRACE", 30))
 VIGIL_INTEGRATION_CACHE_SECONDS = env_seconds("VIGIL_INTEGRATION_CACHE_SECONDS", 10)
 # After a failed publish, skip the broker for this long (the sweep catches up).
 VIGIL_BROKER_BACKOFF_SECONDS = env_seconds("VIGIL_BROKER_BACKOFF", 10)
+# The Celery worker lowers its CPU priority by this much when it starts (vigil/celery.py), so
+# that on a machine it shares with the web processes a storm's collection rounds yield to the
+# pages engineers open; 0 keeps the priority it was started with.
+VIGIL_WORKER_NICE = env_nice("VIGIL_WORKER_NICE", 10)
 
 # Evidence collection.
 VIGIL_COLLECT_LOOKBACK = timedelta(seconds=env_seconds("VIGIL_COLLECT_LOOKBACK", 3600))

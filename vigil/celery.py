@@ -42,8 +42,8 @@ def lower_cpu_priority(increment: int) -> int:
     the nice value it ends with.
 
     On a machine the worker shares with gunicorn, a storm's collection rounds took a third of
-    the CPU, and the incident list's p95 during the storm was 518 ms (`make bench` storm, a
-    2-core AMD EPYC VM); with the worker at nice 10, 209 ms (README, Benchmarks). Where the kernel groups processes
+    the CPU, and the incident list's p95 during the storm was 518-641 ms (`make bench` storm, a
+    2-core AMD EPYC VM); with the worker at nice 10, 155-234 ms (README, docker-compose). Where the kernel groups processes
     by session (sched_autogroup), a nice value only ranks processes of one session, so a
     worker leading its own session (a container's entry point, a supervisor's child, the
     benchmarks' servers) lowers its session's group too. A worker inside someone else's session

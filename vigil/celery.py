@@ -43,13 +43,14 @@ def lower_cpu_priority(increment: int) -> int:
 
     On a machine the worker shares with gunicorn, a storm's collection rounds took a third of
     the CPU, and the incident list's p95 during the storm was 518-641 ms (`make bench` storm, a
-    2-core AMD EPYC VM); with the worker at nice 10, 155-234 ms (README, docker-compose). Where the kernel groups processes
-    by session (sched_autogroup), a nice value only ranks processes of one session, so a
-    worker leading its own session (a container's entry point, a supervisor's child, the
-    benchmarks' servers) lowers its session's group too. A worker inside someone else's session
-    (`make run`'s shell) leaves that session's group alone: lowering it would lower the web and
-    the shell with it. In a CPU cgroup (Kubernetes, docker-compose) the group is the
-    container's: its CPU weight (README) does this job and nice only ranks its own processes.
+    2-core AMD EPYC VM); with the worker at nice 10, 155-234 ms (README, docker-compose).
+
+    Where the kernel groups processes by session (sched_autogroup), a nice value only ranks the
+    processes of one session, so a worker leading its own session (a container's entry point, a
+    supervisor's child, the benchmarks' servers) lowers its session's group too. A worker inside
+    someone else's session (`make run`'s shell) leaves that session's group alone: lowering it
+    would lower the web and the shell with it. In a CPU cgroup (Kubernetes, docker-compose) the
+    group is the container's: its CPU weight does this job, and nice only ranks its processes.
     """
     if increment <= 0:
         return os.nice(0)

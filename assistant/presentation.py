@@ -246,21 +246,28 @@ def analysis_card(analysis: Analysis, anchors: frozenset[int]) -> dict:
     }
 
 
-def reviewed_analysis(incident: Incident, latest: Analysis | None) -> Analysis | None:
-    """The newest reviewed analysis, while a newer one still awaits its review (or is running)."""
-    if latest is None:
-        return None
+def latest_and_reviewed(incident: Incident) -> tuple[Analysis | None, Analysis | None]:
+    """The latest analysis, and the newest reviewed one while the latest still awaits its review
+    (or is running): the page shows both then. One query for the two (the second was a query of
+    its own on every page view, and found nothing in the usual case of a fresh incident): the
+    newest row is always among those read and comes first, and the next one, if any, is the
+    newest ready and reviewed analysis.
+    """
+    newest = Analysis.objects.filter(incident=incident).values("pk")[:1]
+    reviewed = Q(status=Analysis.Status.READY) & ~Q(review_status=Analysis.ReviewStatus.DRAFT)
+    rows = list(
+        Analysis.objects.filter(incident=incident)
+        .filter(Q(pk=Subquery(newest)) | reviewed)
+        .select_related("reviewed_by")[:2]
+    )
+    if not rows:
+        return None, None
+    latest = rows[0]
     if latest.status == Analysis.Status.READY and latest.review_status != (
         Analysis.ReviewStatus.DRAFT
     ):
-        return None
-    return (
-        Analysis.objects.filter(incident=incident, status=Analysis.Status.READY)
-        .exclude(review_status=Analysis.ReviewStatus.DRAFT)
-        .exclude(pk=latest.pk)
-        .select_related("reviewed_by")
-        .first()
-    )
+        return latest, None
+    return latest, rows[1] if len(rows) > 1 else None
 
 
 def _anchors_of(evidence_rows) -> frozenset[int]:
@@ -275,7 +282,7 @@ def analysis_context(incident: Incident, evidence_rows: list | None = None) -> d
     the caller has read them already (the incident page), so they are not read twice."""
     from .llm import llm_configured
 
-    analysis = latest_analysis(incident)
+    analysis, reviewed = latest_and_reviewed(incident)
     if not analysis:
         anchors: frozenset[int] = frozenset()
     elif evidence_rows is None:
@@ -283,7 +290,6 @@ def analysis_context(incident: Incident, evidence_rows: list | None = None) -> d
     else:
         anchors = _anchors_of(evidence_rows)
     ready = analysis is not None and analysis.status == Analysis.Status.READY
-    reviewed = reviewed_analysis(incident, analysis)
     story = story_of(incident, evidence_rows) if analysis else []
     return {
         "analysis": analysis,

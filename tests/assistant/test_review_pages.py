@@ -379,3 +379,37 @@ def test_an_edit_over_a_newer_version_keeps_both_texts_for_the_reviewer(
     assert "Approver's <strong>v2</strong>." in html  # and the newer one is shown
     assert 'name="revision" value="2"' in html  # saving again now is a deliberate overwrite
     assert analysis.revisions.count() == 2
+
+
+def test_the_latest_and_the_reviewed_analysis_are_read_in_one_query(
+    incident, personas, django_assert_num_queries
+):
+    from assistant.presentation import latest_and_reviewed
+
+    with django_assert_num_queries(1):
+        assert latest_and_reviewed(incident) == (None, None)
+
+    approved = make_analysis(incident, "first")
+    review.approve(approved, personas["approver"])
+    with django_assert_num_queries(1):
+        assert latest_and_reviewed(incident) == (approved, None)  # the newest is reviewed
+
+    rejected = make_analysis(incident, "second")
+    review.reject(rejected, personas["responder"], "no")
+    draft = make_analysis(incident, "third")
+    pending = Analysis.objects.create(incident=incident, status=Analysis.Status.PENDING)
+    with django_assert_num_queries(1):
+        latest, reviewed = latest_and_reviewed(incident)
+        assert reviewed.reviewed_by == personas["responder"]  # joined, no query of its own
+    # The newest reviewed one is shown under a newer one that is running: the rejected one, not
+    # the draft between them nor the older approved one.
+    assert (latest, reviewed) == (pending, rejected)
+
+    pending.delete()
+    assert latest_and_reviewed(incident) == (draft, rejected)
+    rejected.delete()
+    assert latest_and_reviewed(incident) == (draft, approved)
+    draft.delete()
+    approved.delete()
+    failed = Analysis.objects.create(incident=incident, status=Analysis.Status.FAILED)
+    assert latest_and_reviewed(incident) == (failed, None)

@@ -13,6 +13,7 @@ import pytest
 from tests.support import wait_for
 
 AUTOGROUP = Path("/proc/self/autogroup")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _autogroup_nice(pid: int | str = "self") -> int | None:
@@ -24,15 +25,19 @@ def _autogroup_nice(pid: int | str = "self") -> int | None:
         return None
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (which may hold spaces and parentheses):
+    the state, the parent's pid, ... and, 17th, the nice value."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _nice_of(pid: int) -> int:
-    # /proc/PID/stat: field 19 is the nice value; the command name (field 2) may hold spaces.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[16])
+    return int(_stat(pid)[16])
 
 
 def _parent_of(pid: int) -> int | None:
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return int(_stat(pid)[1])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -46,12 +51,7 @@ def lowered(increment: int, *, own_session: bool) -> dict:
     not, and report the nice values before and after."""
     script = f"""
 import json, os
-from pathlib import Path
-def group():
-    try:
-        return int(Path("/proc/self/autogroup").read_text().split()[-1])
-    except (OSError, ValueError, IndexError):
-        return None
+from tests.test_worker_priority import _autogroup_nice as group
 before = {{"nice": os.nice(0), "group": group()}}
 from vigil.celery import lower_cpu_priority
 returned = lower_cpu_priority({increment})
@@ -61,6 +61,7 @@ print(json.dumps({{"before": before, "returned": returned, "nice": os.nice(0),
     env = {**os.environ, "VIGIL_SECRET_KEY": "test", "DJANGO_SETTINGS_MODULE": "vigil.settings"}
     out = subprocess.run(
         [sys.executable, "-c", script],
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,

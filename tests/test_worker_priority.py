@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import descendants, proc_table
 from tests.support import wait_for
 
 AUTOGROUP = Path("/proc/self/autogroup")
@@ -25,25 +26,10 @@ def _autogroup_nice(pid: int | str = "self") -> int | None:
         return None
 
 
-def _stat(pid: int) -> list[str]:
-    """/proc/PID/stat's fields after the command name (which may hold spaces and parentheses):
-    the state, the parent's pid, ... and, 17th, the nice value."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def _nice_of(pid: int) -> int:
-    return int(_stat(pid)[16])
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        return int(_stat(pid)[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _pids() -> list[int]:
-    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    # /proc/PID/stat: the nice value is the 17th field after the command name, which may hold
+    # spaces and parentheses.
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 def lowered(increment: int, *, own_session: bool) -> dict:
@@ -105,7 +91,7 @@ def test_the_real_worker_and_its_pool_run_at_the_configured_nice(celery_worker_p
     assert _nice_of(process.pid) == expected
 
     def pool_children() -> list[int]:
-        return [pid for pid in _pids() if _parent_of(pid) == process.pid]
+        return [pid for pid in descendants(process.pid, proc_table()) if pid != process.pid]
 
     wait_for(lambda: len(pool_children()) >= 2, timeout=30, message="the pool's children")
     assert {_nice_of(pid) for pid in pool_children()} == {expected}

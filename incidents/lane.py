@@ -1,26 +1,30 @@
-"""The webhook's one-statement lane, for the two notifications a busy Alertmanager sends most.
+"""The webhook's one-statement lane, for the notifications a busy Alertmanager sends most.
 
 1. Exact repeats of firing instances (its repeat_interval, a storm's tail): counted as
    incidents.repeats describes.
-2. New firing instances of a group whose incident is open (a group's alerts trickling in): the
-   incident locked, the alerts and their timeline lines inserted, the incident's counters,
-   severity and collection request updated.
+2. New firing instances of a group whose incident is open, alone (a group's alerts trickling
+   in) or with the group's stored ones (Alertmanager sends all of a group's firing alerts each
+   time, so a growing group's every notification is of this kind): the incident locked, the
+   stored instances counted, the new ones and their timeline lines inserted, the incident's
+   counters, severity and collection request updated.
 
 Either way the same statement stores the delivery, processed, so in autocommit the whole
 webhook is one round trip and one commit. Anything else (a resolution, changed annotations, a
-mix of stored and new instances, a group with no open incident, a race with a concurrent
+stored instance in another incident, a group with no open incident, a race with a concurrent
 delivery) writes nothing here and goes down the general path (ingest.ingest_notification), which
-does the same things with the ORM in seven round trips: the lane's statement, BEGIN, the
-delivery, the group's incident, the alerts and their lines, the incident, COMMIT. On `make
-bench` ingest (a), a new alert in a group's open incident, that was 1.8 ms of Python and 0.8 ms
-of PostgreSQL's CPU per webhook in-process; README's Benchmarks has what the lane makes of it.
+does the same things with the ORM in seven round trips or more: the lane's statement, BEGIN,
+the delivery, the group's incident, the stored instances, their count, the alerts and their
+lines, the incident, COMMIT. On `make bench` ingest (a), a new alert in a group's open incident,
+that was 1.8 ms of Python and 0.8 ms of PostgreSQL's CPU per webhook in-process; README's
+Benchmarks has what the lane makes of it.
 
 What the statement writes is what the general path writes: the values come from the same
-functions (ingest.alert_event, ingest.alertname, ingest.severest), and tests compare both paths'
-rows column by column. The conditions are checked in the database on the rows as locked: the group's
-incident must still be open when its lock is granted, and none of the instances stored; an
-instance a concurrent delivery stores meanwhile makes the insert fail on the unique index, the
-statement rolls back whole, and the general path takes the delivery.
+functions (ingest.alert_event, ingest.alertname, ingest.severest), and tests compare both
+paths' rows column by column. The conditions are checked in the database on the rows as locked:
+the group's incident must still be open when its lock is granted, and every stored instance
+firing, unchanged and in it; an instance a concurrent delivery stores meanwhile makes the insert
+fail on the unique index, the statement rolls back whole, and the general path takes the
+delivery.
 
 PostgreSQL only, as incidents.repeats.
 """
@@ -42,47 +46,72 @@ from .models import Incident, TimelineEvent, WebhookDelivery, group_hash
 
 logger = logging.getLogger(__name__)
 
-# `grp` is the group's open incident, locked, and only looked for when no instance is stored: the
-# statement locks either stored alerts (a repeat) or the incident (a join), never both. The
-# incident's collection state is read under that lock, as ingest._roll_up reads it; the UPDATE
-# sees the same row (the lock is held), so its counters add to the latest values.
+# `grp` is the group's open incident, locked, and only looked for when an instance is new (a
+# join, or a growing group's notification: its stored instances and new ones). Then it is locked
+# before any stored alert, the order the general path keeps: `matched` reads it to check each
+# stored row's incident, and a row is locked only after its conditions held. For an exact repeat
+# it is never looked for, and the incident is neither locked nor touched (its `updated_at` marks
+# changes the list polls for). `settled`: the incident, when every stored instance matched,
+# firing and unchanged in it; only then are the new ones (`fresh`) inserted and the repeats
+# counted, so the statement writes all of the notification or nothing.
+# The incident's collection state is read under that lock, as ingest._roll_up reads it; the UPDATE
+# sees the same row (the lock is held), so its counters add to the latest values. `worst`: the
+# new alerts' highest severity, the first one with it, as ingest.severest picks it.
 # The status is in the text, as in ingest._GROUP_INCIDENT, for the partial unique index.
 # `publish`: collectors.tasks.debounced_request's answer, in SQL: a request was noted (the first
 # round has started and no later request is pending) and no round is running.
-_JOIN_AND_STORE = f""", grp AS (
+_GROUP = f""", grp AS (
     SELECT id, collection_requested_at, collection_started_at, collection_finished_at
     FROM incidents_incident
     WHERE cluster_id = %(cluster)s AND group_hash = %(group_hash)s
-        AND NOT (status = '{Incident.Status.RESOLVED.value}') AND NOT EXISTS (SELECT FROM wanted)
+        AND NOT (status = '{Incident.Status.RESOLVED.value}')
+        AND (SELECT count(*) FROM wanted) < %(n)s
     FOR UPDATE
+)"""  # noqa: S608 (a constant of the model in the text; the values are all parameters)
+# `counted` runs only when a stored instance matched: for a join (none stored) a generic plan
+# made while the alerts table was small would scan the table for the empty update (README,
+# Benchmarks, "Found and left"; test_lane_joins' plan test).
+_IN_GROUP = repeats.lock_and_count(
+    also=" AND incident_id = coalesce((SELECT id FROM grp), incident_id)",
+    complete="EXISTS (SELECT FROM matched)"
+    " AND (SELECT count(*) FROM matched) = (SELECT count(*) FROM wanted)"
+    " AND ((SELECT count(*) FROM wanted) = %(n)s OR EXISTS (SELECT FROM grp))",
+)
+_JOIN_AND_STORE = """, settled AS (
+    SELECT * FROM grp WHERE (SELECT count(*) FROM matched) = (SELECT count(*) FROM wanted)
+), fresh AS (
+    SELECT * FROM incoming WHERE ord <> ALL (ARRAY(SELECT ord FROM wanted))
+), worst AS (
+    SELECT rank, severity FROM fresh ORDER BY rank DESC, ord LIMIT 1
 ), asked AS (
     SELECT id,
         collection_started_at IS NOT NULL
             AND NOT coalesce(collection_requested_at > collection_started_at, false) AS requests,
         coalesce(collection_finished_at >= collection_started_at, false) AS idle
-    FROM grp
+    FROM settled
 ), added AS (
     INSERT INTO incidents_alert (cluster_id, incident_id, fingerprint, starts_at, ends_at, status,
         alertname, labels, annotations, generator_url, group_hash, first_seen_at, last_seen_at,
         notification_count)
-    SELECT %(cluster)s, grp.id, i.fingerprint, i.starts_at, NULL, %(firing)s, i.alertname,
+    SELECT %(cluster)s, settled.id, i.fingerprint, i.starts_at, NULL, %(firing)s, i.alertname,
         i.payload -> 'labels', i.annotations, i.generator_url, %(group_hash)s, %(now)s, %(now)s, 1
-    FROM grp CROSS JOIN incoming i
+    FROM settled CROSS JOIN fresh i
 ), lines AS (
     INSERT INTO incidents_timelineevent (incident_id, at, kind, actor, summary, payload)
-    SELECT grp.id, i.starts_at, %(kind)s, %(actor)s, i.summary, i.payload
-    FROM grp CROSS JOIN incoming i
+    SELECT settled.id, i.starts_at, %(kind)s, %(actor)s, i.summary, i.payload
+    FROM settled CROSS JOIN fresh i
 ), joined AS (
     UPDATE incidents_incident AS incident SET
-        alert_count = incident.alert_count + %(n)s,
-        firing_count = incident.firing_count + %(n)s,
+        alert_count = incident.alert_count + fresh.n,
+        firing_count = incident.firing_count + fresh.n,
         updated_at = %(now)s,
-        severity = CASE WHEN %(worst)s > incident.severity_rank
-            THEN %(severity)s ELSE incident.severity END,
-        severity_rank = greatest(incident.severity_rank, %(worst)s),
+        severity = CASE WHEN worst.rank > incident.severity_rank
+            THEN worst.severity ELSE incident.severity END,
+        severity_rank = greatest(incident.severity_rank, worst.rank),
         collection_requested_at = CASE WHEN asked.requests
             THEN %(now)s ELSE incident.collection_requested_at END
-    FROM asked WHERE incident.id = asked.id
+    FROM asked, worst, (SELECT count(*) AS n FROM fresh) fresh
+    WHERE incident.id = asked.id
     RETURNING incident.id, asked.requests AND asked.idle AS publish
 ), delivery AS (
     INSERT INTO incidents_webhookdelivery (integration_id, received_at, body, content_type,
@@ -95,8 +124,8 @@ _JOIN_AND_STORE = f""", grp AS (
 )
 SELECT (SELECT id FROM delivery), ARRAY(SELECT DISTINCT incident_id FROM counted),
     (SELECT count(*) FROM wanted), (SELECT id FROM joined), (SELECT publish FROM joined)
-"""  # noqa: S608 (a constant of the model in the text; the values are all parameters)
-STATEMENT = repeats.COUNT_REPEATS + _JOIN_AND_STORE
+"""  # noqa: S608 (constants only; the values are all parameters)
+STATEMENT = repeats.FIND_STORED + _GROUP + _IN_GROUP + _JOIN_AND_STORE
 # (Casts in `delivery`: INSERT … SELECT takes untyped parameters as text, which PostgreSQL does
 # not assign to inet.)
 
@@ -104,11 +133,11 @@ STATEMENT = repeats.COUNT_REPEATS + _JOIN_AND_STORE
 class Lane(NamedTuple):
     """What the webhook's statement did.
 
-    `delivery_id`: set when it took the whole notification; then either `counted` (the
-    incidents of the exact repeats it counted) or `joined` (the open incident the new alerts
-    joined) is set, and `publish` says whether a debounced collection round is due. `known`:
-    how many of the incoming instances were stored at all (any status) when it looked, so the
-    general path knows when none was.
+    `delivery_id`: set when it took the whole notification; then `counted` holds the incidents
+    of the stored instances it counted (all of them, for an exact repeat), and `joined` the open
+    incident the new ones joined, if any were new; `publish` says whether a debounced collection
+    round is due. `known`: how many of the incoming instances were stored at all (any status)
+    when it looked, so the general path knows when none was.
     """
 
     delivery_id: int | None
@@ -119,17 +148,21 @@ class Lane(NamedTuple):
 
 
 def _new_alert_rows(incoming: list[AlertmanagerAlert], now: datetime) -> list[dict]:
-    """The `incoming` document with what a new alert and its timeline line are stored with,
-    made by the functions the general path stores them with."""
+    """The `incoming` document with what a new alert and its timeline line are stored with, and
+    its severity, made by the functions the general path stores them with. The statement learns
+    which alerts are new, so every one carries it."""
     rows = []
     for alert in incoming:
         event = alert_event(0, alert, TimelineEvent.Kind.ALERT_FIRING, now, ends_at=None)
+        rank, severity = severest([alert])
         rows.append(
             {
                 **repeats.incoming_row(alert),
                 "alertname": alertname(alert),
                 "summary": event["summary"],
                 "payload": event["payload"],  # with the labels, which the alert's row takes
+                "rank": rank,
+                "severity": severity,
             }
         )
     return rows
@@ -153,7 +186,6 @@ def run(
         return None
     integration = delivery["integration"]
     try:
-        worst, severity = severest(incoming)
         rows = _new_alert_rows(incoming, now)
         document = repeats.count_params(integration.cluster_id, incoming, now, rows)
     except Exception:
@@ -165,8 +197,6 @@ def run(
         "group_hash": group_hash(group_key),
         "kind": TimelineEvent.Kind.ALERT_FIRING.value,
         "actor": ACTOR,
-        "worst": worst,
-        "severity": severity,
         "integration": integration.pk,
         "body": delivery["body"],
         "content_type": delivery["content_type"],
@@ -204,14 +234,13 @@ def store(delivery: dict, notification: AlertmanagerNotification) -> Tried:
         return Tried()
     if lane.delivery_id is None:
         return Tried(none_stored=lane.known == 0)
-    if lane.joined is None:
-        result = IngestResult(incident_ids=lane.counted, alerts_updated=len(incoming))
-        return Tried(stored=(lane.delivery_id, result))
-    if lane.publish:
-        from collectors.tasks import publish_debounced_round  # collectors import incidents
+    result = IngestResult(incident_ids=set(lane.counted), alerts_updated=lane.known)
+    if lane.joined is not None:
+        if lane.publish:
+            from collectors.tasks import publish_debounced_round  # collectors import incidents
 
-        publish_debounced_round(lane.joined)
-    result = IngestResult(
-        incident_ids={lane.joined}, joined=[lane.joined], alerts_created=len(incoming)
-    )
+            publish_debounced_round(lane.joined)
+        result.incident_ids.add(lane.joined)
+        result.joined.append(lane.joined)
+        result.alerts_created = len(incoming) - lane.known
     return Tried(stored=(lane.delivery_id, result))

@@ -38,8 +38,10 @@ from .alertmanager import AlertmanagerAlert
 from .models import Alert
 
 # incidents_alert is Alert's table (Meta has no db_table): its columns by their Django names.
-# `counted` is the instances' incidents when every incoming alert matched, and empty otherwise.
-# `incoming`'s last three columns are what incidents.lane inserts of a new alert (NULL here).
+# `wanted`: the incoming instances stored at all (any status, any incident); `counted`: the
+# instances' incidents when every one of them matched, and empty otherwise. `incoming`'s columns
+# from `alertname` on are what incidents.lane inserts of a new alert (NULL here); `ord` is the
+# alert's place in the notification, which severity ties go by (ingest.severest).
 #
 # The plan is fixed by the query's shape, not left to statistics: during a storm the table
 # grows faster than autovacuum analyzes it, and with no statistics PostgreSQL took the cluster's
@@ -53,33 +55,48 @@ from .models import Alert
 # 3,306 rows, 0.5 ms by the primary key). One weakness is left: a generic plan (the statement is
 # prepared) made while the table is small scans it for the UPDATE, until autovacuum analyzes the
 # table or the connection is replaced (README, Benchmarks: "Found and left").
-COUNT_REPEATS = """
+FIND_STORED = """
 WITH incoming AS (
-    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
-        AS i(fingerprint text, starts_at timestamptz, annotations jsonb, generator_url text,
-            alertname text, summary text, payload jsonb)
+    SELECT * FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb)
+        AS (fingerprint text, starts_at timestamptz, annotations jsonb, generator_url text,
+            alertname text, summary text, payload jsonb, rank integer, severity text))
+        WITH ORDINALITY AS i(fingerprint, starts_at, annotations, generator_url,
+            alertname, summary, payload, rank, severity, ord)
 ), wanted AS (
-    SELECT s.id, i.annotations, i.generator_url FROM incoming i CROSS JOIN LATERAL (
+    SELECT s.id, i.ord, i.annotations, i.generator_url FROM incoming i CROSS JOIN LATERAL (
         SELECT id FROM incidents_alert
         WHERE cluster_id = %(cluster)s AND fingerprint = i.fingerprint AND starts_at = i.starts_at
         LIMIT 1
     ) s
-), matched AS (
+)"""
+
+# `{also}`: a further condition on a stored row (incidents.lane's: in the group's incident);
+# `{complete}`: when the rows matched are all that are to be counted.
+_LOCK_AND_COUNT = """, matched AS (
     SELECT a.id FROM (SELECT * FROM wanted ORDER BY id) w CROSS JOIN LATERAL (
         SELECT id FROM incidents_alert
         WHERE id = w.id AND status = %(firing)s
-          AND annotations = w.annotations AND generator_url = w.generator_url
+          AND annotations = w.annotations AND generator_url = w.generator_url{also}
         FOR UPDATE
     ) a
 ), counted AS (
     UPDATE incidents_alert SET notification_count = notification_count + 1, last_seen_at = %(now)s
-    WHERE id = ANY (ARRAY(SELECT id FROM matched)) AND (SELECT count(*) FROM matched) = %(n)s
+    WHERE id = ANY (ARRAY(SELECT id FROM matched)) AND {complete}
     RETURNING incident_id
-)
-"""
+)"""
+
+
+def lock_and_count(*, also: str = "", complete: str = "") -> str:
+    """The statement's `matched` and `counted`: the stored instances that are firing and
+    unchanged, locked, and counted when `complete` holds (by default: every incoming alert
+    matched, an exact repeat)."""
+    return _LOCK_AND_COUNT.format(
+        also=also, complete=complete or "(SELECT count(*) FROM matched) = %(n)s"
+    )
+
 
 # Constants joined, no input in the text (S608): the values are all parameters.
-REPEAT_STATEMENT = COUNT_REPEATS + "SELECT incident_id FROM counted"  # noqa: S608
+REPEAT_STATEMENT = FIND_STORED + lock_and_count() + "SELECT incident_id FROM counted"  # noqa: S608
 
 
 def candidates(incoming: list[AlertmanagerAlert]) -> bool:
@@ -105,7 +122,7 @@ def count_params(
     now: datetime,
     rows: list[dict] | None = None,
 ) -> dict:
-    """COUNT_REPEATS' parameters; `rows`: the `incoming` document when a caller needs more of
+    """The parameters of FIND_STORED and lock_and_count; `rows`: the `incoming` document when a caller needs more of
     each alert than incoming_row (incidents.lane)."""
     # One JSON document rather than four arrays: psycopg quotes a string in C, but escapes an
     # array's elements one by one in Python (1.8 ms of a 50-alert notification's 19 ms).

@@ -58,7 +58,7 @@ def _stored() -> dict:
         )
     )
     for line in lines:
-        if line["kind"] == "incident_opened":
+        if line["kind"].startswith("incident_"):
             del line["at"]  # the request's time
     incidents = list(
         Incident.objects.values(
@@ -89,12 +89,11 @@ def _joins() -> list[dict]:
     ]
 
 
-@pytest.mark.django_db
-def test_joining_alerts_are_one_statement_each_and_store_what_the_general_path_stores(
-    client, am_token, monkeypatch
-):
-    answers = {}
-    stored = {}
+def _both_ways(client, am_token, monkeypatch, notifications: list[dict]) -> tuple[dict, dict]:
+    """Post a group's first alert and then `notifications`, by the lane and again (on emptied
+    tables) by the general path alone: each way's answers (created, updated) and what it
+    stored. By the lane, each notification must have been one statement."""
+    answers, stored = {}, {}
     for way in ("lane", "general"):
         if way == "general":
             Alert.objects.all().delete()
@@ -105,7 +104,7 @@ def test_joining_alerts_are_one_statement_each_and_store_what_the_general_path_s
         post(client, group(firing(pod="a")), am_token)
         incident = Incident.objects.get()
         answers[way] = []
-        for payload in _joins():
+        for payload in notifications:
             with CaptureQueriesContext(connection) as ctx:
                 answer = post(client, payload, am_token)
             assert answer.status_code == 200, answer.content
@@ -116,17 +115,69 @@ def test_joining_alerts_are_one_statement_each_and_store_what_the_general_path_s
                 work = _work(ctx)
                 assert len(work) == 1, work
                 assert body["delivery"] == WebhookDelivery.objects.latest("pk").pk
+            # The request's time, once: every instance it carried was last seen then, and the
+            # incident changed then.
+            incident = Incident.objects.get()
+            carried = {(a["fingerprint"], a["startsAt"]) for a in payload["alerts"]}
+            for alert in Alert.objects.all():
+                key = (alert.fingerprint, alert.starts_at.isoformat().replace("+00:00", "Z"))
+                if key in carried:
+                    assert alert.last_seen_at == incident.updated_at, key
         stored[way] = _stored()
-        # The request's time, once for the alerts' first and last sight and the incident.
-        incident = Incident.objects.get()
-        for first_seen, last_seen in Alert.objects.values_list("first_seen_at", "last_seen_at"):
-            assert first_seen == last_seen and first_seen <= incident.updated_at
-        assert Alert.objects.latest("pk").first_seen_at == incident.updated_at
+    return answers, stored
+
+
+@pytest.mark.django_db
+def test_joining_alerts_are_one_statement_each_and_store_what_the_general_path_stores(
+    client, am_token, monkeypatch
+):
+    answers, stored = _both_ways(client, am_token, monkeypatch, _joins())
     assert answers["lane"] == answers["general"] == [(1, 0), (2, 0), (2, 0), (1, 0), (1, 0), (1, 0)]
     for table in ("alerts", "lines", "incidents", "deliveries"):
         assert stored["lane"][table] == stored["general"][table], table
     assert stored["lane"]["incidents"][0]["severity"] == "critical"
     assert stored["lane"]["incidents"][0]["alert_count"] == 9
+
+
+def _growing() -> list[dict]:
+    """A group's notifications as Alertmanager sends them while it grows: every firing alert so
+    far, and new ones. New ones alone of the same severity as stored ones; a duplicate; two new
+    ones tied on the highest severity under different labels (the first one's is the incident's);
+    a new milder one beside a severer stored one; the stored ones in another order; odd
+    characters."""
+    stored = [firing(pod="a")]
+    steps = [
+        [firing(pod="b")],
+        [firing(pod="c"), firing(pod="d"), firing(pod="c")],
+        [firing(pod="e", severity="Critical"), firing(pod="f", severity="critical")],
+        [firing(pod="g", severity="info")],
+    ]
+    odd = firing(pod="ü\"'\\ {x}", node="n1")
+    odd["annotations"] = {"summary": 'quote " backslash \\ newline \n', "runbook": "r"}
+    notifications = []
+    for new in steps:
+        stored = stored + [a for a in new if a not in stored]
+        notifications.append(group(*stored))
+    notifications.append(group(*reversed(stored), odd))
+    return notifications
+
+
+@pytest.mark.django_db
+def test_a_growing_groups_notifications_are_one_statement_each_and_store_what_the_general_path_stores(
+    client, am_token, monkeypatch
+):
+    answers, stored = _both_ways(client, am_token, monkeypatch, _growing())
+    assert answers["lane"] == answers["general"] == [(1, 1), (2, 2), (2, 4), (1, 6), (1, 7)]
+    for table in ("alerts", "lines", "incidents", "deliveries"):
+        assert stored["lane"][table] == stored["general"][table], table
+    incident = stored["lane"]["incidents"][0]
+    assert (incident["severity"], incident["alert_count"], incident["firing_count"]) == (
+        "Critical",
+        8,
+        8,
+    )
+    counts = {a["fingerprint"]: a["notification_count"] for a in stored["lane"]["alerts"]}
+    assert sorted(counts.values()) == [1, 2, 3, 3, 4, 4, 5, 6]  # odd, g, e f, c d, b, a
 
 
 @pytest.mark.django_db
@@ -164,6 +215,79 @@ def test_another_group_is_not_joined(client, am_token):
     assert answer["incidents"] == [Incident.objects.latest("pk").pk]
 
 
+def _changed(alert: dict) -> dict:
+    return {**alert, "annotations": {"summary": "now worse"}}
+
+
+def _resolve_b(client, am_token) -> None:
+    post(client, group(firing(pod="a"), firing(pod="b")), am_token)
+    post(client, group(firing(pod="a"), resolved(pod="b")), am_token)
+
+
+def _move_a_to_another_incident(client, am_token) -> None:
+    post(client, group(firing(pod="a")), am_token)
+    incident = Incident.objects.get()
+    other = Incident.objects.create(
+        cluster=incident.cluster,
+        title="other",
+        grouping_key="other",
+        group_hash="0" * 64,
+        alert_count=1,
+        firing_count=1,
+    )
+    Alert.objects.update(incident=other)
+    Incident.objects.filter(pk=incident.pk).update(alert_count=0, firing_count=0)
+
+
+def _close_the_groups_incident(client, am_token) -> None:
+    post(client, group(firing(pod="a")), am_token)
+    Incident.objects.update(status="resolved", resolved_at=T0)  # closed by hand, a still firing
+
+
+# What the group holds before a notification of stored and new instances that the lane must leave
+# whole to the general path, and that notification.
+LEFT = {
+    "a stored one resolved": (_resolve_b, [firing(pod="a"), firing(pod="b"), firing(pod="c")]),
+    "a stored one's annotations changed": (
+        lambda client, token: post(client, group(firing(pod="a")), token),
+        [_changed(firing(pod="a")), firing(pod="b")],
+    ),
+    "a stored one in another incident": (
+        _move_a_to_another_incident,
+        [firing(pod="a"), firing(pod="b")],
+    ),
+    "the group's incident closed": (_close_the_groups_incident, [firing(pod="a"), firing(pod="b")]),
+}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("case", LEFT)
+def test_stored_and_new_instances_the_lane_cannot_take_are_left_whole_to_the_general_path(
+    client, am_token, monkeypatch, case
+):
+    """The lane writes all of such a notification or none of it: what is stored in the end is
+    what the general path alone stores."""
+    before, alerts = LEFT[case]
+    stored = {}
+    for way in ("lane", "general"):
+        if way == "general":
+            for model in (Alert, TimelineEvent, Incident, WebhookDelivery):
+                model.objects.all().delete()
+            _general_path_only(monkeypatch)
+        before(client, am_token)
+        with CaptureQueriesContext(connection) as ctx:
+            answer = post(client, group(*alerts), am_token)
+        assert answer.status_code == 200, answer.content
+        body = answer.json()
+        assert (body["alerts_created"], body["alerts_updated"]) == (1, len(alerts) - 1)
+        if way == "lane":
+            work = _work(ctx)
+            assert work[0].lstrip().startswith("WITH incoming AS") and len(work) > 1, work
+        stored[way] = _stored()
+    for table in ("alerts", "lines", "incidents", "deliveries"):
+        assert stored["lane"][table] == stored["general"][table], table
+
+
 # The incident's collection state when alerts join: (started, finished, requested), as minutes
 # before now, None for never.
 STATES = {
@@ -179,8 +303,9 @@ STATES = {
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("with_stored", [False, True], ids=["new alone", "with the stored one"])
 def test_the_collection_request_and_round_are_what_debounced_request_decides(
-    client, am_token, monkeypatch, state
+    client, am_token, monkeypatch, state, with_stored
 ):
     post(client, group(firing(pod="a")), am_token)
     now = datetime.now(UTC)
@@ -195,8 +320,10 @@ def test_the_collection_request_and_round_are_what_debounced_request_decides(
     published = []
     monkeypatch.setattr("collectors.tasks.publish_debounced_round", published.append)
     with CaptureQueriesContext(connection) as ctx:
-        answer = post(client, group(firing(pod="b")), am_token)
+        stored = [firing(pod="a")] if with_stored else []
+        answer = post(client, group(*stored, firing(pod="b")), am_token)
     assert answer.status_code == 200 and len(_work(ctx)) == 1
+    assert answer.json()["alerts_created"] == 1
     incident = Incident.objects.get()
     fields, publish = debounced_request(started, finished, requested, now=incident.updated_at)
     assert incident.collection_requested_at == fields.get("collection_requested_at", requested)
@@ -246,6 +373,55 @@ def test_an_instance_stored_by_a_concurrent_delivery_is_counted_not_duplicated(a
     incident.refresh_from_db()
     assert (incident.alert_count, incident.firing_count) == (1, 1)  # nothing joined it
     assert list(WebhookDelivery.objects.values_list("status", flat=True)) == ["processed"] * 2
+
+
+def _rival(settings: dict) -> psycopg.Connection:
+    """A connection of its own to the test database, for a concurrent transaction."""
+    return psycopg.connect(
+        host=settings["HOST"] or "127.0.0.1",
+        port=settings["PORT"] or 5432,
+        user=settings["USER"],
+        dbname=settings["NAME"],
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stored_and_new_instances_lock_the_incident_before_the_alerts_and_repeats_never_do(
+    am_token,
+):
+    """The general path locks the group's incident, then its stored instances; a delivery that
+    took them the other way round would deadlock with it. A rival transaction holds the
+    incident's lock. An exact repeat goes through without it (and leaves the incident as it
+    was); a notification of the stored alert and a new one waits for it holding no alert's
+    lock: the rival can still take the alert's without waiting."""
+    post(Client(), group(firing(pod="a")), am_token)
+    incident = Incident.objects.get()
+    alert = Alert.objects.get()
+    with _rival(connection.settings_dict) as rival:
+        rival.execute("SELECT FROM incidents_incident WHERE id = %s FOR UPDATE", [incident.pk])
+        answers = []
+
+        def deliver(payload):
+            answers.append(post(Client(), payload, am_token))
+            connection.close()
+
+        repeat = threading.Thread(target=deliver, args=(group(firing(pod="a")),))
+        repeat.start()
+        repeat.join(timeout=30)
+        assert answers and answers[0].json()["alerts_updated"] == 1  # did not wait
+        growing = threading.Thread(target=deliver, args=(group(firing(pod="a"), firing(pod="b")),))
+        growing.start()
+        _wait_for_a_lock_wait(rival)
+        rival.execute("SELECT FROM incidents_alert WHERE id = %s FOR UPDATE NOWAIT", [alert.pk])
+        rival.commit()
+        growing.join(timeout=30)
+    answer = answers[1].json()
+    assert (answer["alerts_created"], answer["alerts_updated"]) == (1, 1)
+    counts = dict(Alert.objects.values_list("fingerprint", "notification_count"))
+    assert counts == {alert.fingerprint: 3, Alert.objects.latest("pk").fingerprint: 1}
+    before = incident.updated_at
+    incident.refresh_from_db()
+    assert (incident.alert_count, incident.firing_count) == (2, 2) and incident.updated_at > before
 
 
 def _wait_for_a_lock_wait(rival: psycopg.Connection) -> None:

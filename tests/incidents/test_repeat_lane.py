@@ -167,9 +167,12 @@ def test_what_the_lane_found_spares_the_general_path_its_read(client, am_token):
     # not for the instances again.
     assert len(reads) == 3 and reads[0].lstrip().startswith("WITH incoming AS"), reads
     assert all("incidents_incident" in q and "incidents_alert" not in q for q in reads[1:])
-    # A notification mixing a stored instance with a new one is read as before.
+    # A stored instance with a new one, which the lane leaves (the stored one's annotations
+    # changed): the general path reads the instances as before.
+    changed = firing(pod="a")
+    changed["annotations"] = {"summary": "now worse"}
     with CaptureQueriesContext(connection) as ctx:
-        answer = post(client, group(firing(pod="a"), firing(pod="d")), am_token).json()
+        answer = post(client, group(changed, firing(pod="d")), am_token).json()
     assert (answer["alerts_created"], answer["alerts_updated"]) == (1, 1)
     assert any(
         "jsonb_to_recordset" in q["sql"] and "incidents_webhookdelivery" not in q["sql"]

@@ -70,33 +70,36 @@ WITH incoming AS (
     ) s
 )"""
 
-# `{also}`: a further condition on a stored row (incidents.lane's: in the group's incident);
-# `{complete}`: when the rows matched are all that are to be counted.
-_LOCK_AND_COUNT = """, matched AS (
+# `{also}`: a further condition on a stored row (incidents.lane's: in the group's incident).
+_LOCK = """, matched AS (
     SELECT a.id FROM (SELECT * FROM wanted ORDER BY id) w CROSS JOIN LATERAL (
         SELECT id FROM incidents_alert
         WHERE id = w.id AND status = %(firing)s
           AND annotations = w.annotations AND generator_url = w.generator_url{also}
         FOR UPDATE
     ) a
-), counted AS (
+)"""
+# `{when}`: whether the rows matched are all that are to be counted.
+_COUNT = """, counted AS (
     UPDATE incidents_alert SET notification_count = notification_count + 1, last_seen_at = %(now)s
-    WHERE id = ANY (ARRAY(SELECT id FROM matched)) AND {complete}
+    WHERE id = ANY (ARRAY(SELECT id FROM matched)) AND {when}
     RETURNING incident_id
 )"""
 
 
-def lock_and_count(*, also: str = "", complete: str = "") -> str:
-    """The statement's `matched` and `counted`: the stored instances that are firing and
-    unchanged, locked, and counted when `complete` holds (by default: every incoming alert
-    matched, an exact repeat)."""
-    return _LOCK_AND_COUNT.format(
-        also=also, complete=complete or "(SELECT count(*) FROM matched) = %(n)s"
-    )
+def lock(also: str = "") -> str:
+    """The statement's `matched`: the stored instances that are firing and unchanged, locked."""
+    return _LOCK.format(also=also)
+
+
+def count(when: str = "(SELECT count(*) FROM matched) = %(n)s") -> str:
+    """The statement's `counted`: the matched instances counted when `when` holds (by default:
+    every incoming alert matched, an exact repeat)."""
+    return _COUNT.format(when=when)
 
 
 # Constants joined, no input in the text (S608): the values are all parameters.
-REPEAT_STATEMENT = FIND_STORED + lock_and_count() + "SELECT incident_id FROM counted"  # noqa: S608
+REPEAT_STATEMENT = FIND_STORED + lock() + count() + "SELECT incident_id FROM counted"  # noqa: S608
 
 
 def candidates(incoming: list[AlertmanagerAlert]) -> bool:
@@ -122,7 +125,7 @@ def count_params(
     now: datetime,
     rows: list[dict] | None = None,
 ) -> dict:
-    """The parameters of FIND_STORED and lock_and_count; `rows`: the `incoming` document when a caller needs more of
+    """The parameters of FIND_STORED, lock and count; `rows`: the `incoming` document when a caller needs more of
     each alert than incoming_row (incidents.lane)."""
     # One JSON document rather than four arrays: psycopg quotes a string in C, but escapes an
     # array's elements one by one in Python (1.8 ms of a 50-alert notification's 19 ms).

@@ -142,9 +142,9 @@ def _store_and_ingest(stored: dict, notification: AlertmanagerNotification) -> J
     bench`: a commit of its own for the delivery, then the ingest's, cost a fsync and two round
     trips more per webhook.)
 
-    First, the two commonest notifications, exact repeats (Alertmanager's repeat_interval, a
-    storm's tail) and new firing alerts of a group with an open incident, are stored by one
-    statement, its own transaction (incidents.lane); anything else it leaves untouched for the
+    First, the commonest notifications, exact repeats (Alertmanager's repeat_interval, a
+    storm's tail) and new firing alerts of a group with an open incident (alone, or with the
+    group's stored ones), are stored by one statement, its own transaction (incidents.lane); anything else it leaves untouched for the
     general path, telling it when none of the instances was stored (a first try then skips
     reading them: ingest_notification's `none_stored`).
     """

@@ -144,9 +144,10 @@ def _store_and_ingest(stored: dict, notification: AlertmanagerNotification) -> J
 
     First, the commonest notifications, exact repeats (Alertmanager's repeat_interval, a
     storm's tail) and new firing alerts of a group with an open incident (alone, or with the
-    group's stored ones), are stored by one statement, its own transaction (incidents.lane); anything else it leaves untouched for the
-    general path, telling it when none of the instances was stored (a first try then skips
-    reading them: ingest_notification's `none_stored`).
+    group's stored ones), are stored by one statement, its own transaction (incidents.lane);
+    anything else it leaves untouched for the general path, telling it when none of the
+    instances was stored (a first try then skips reading them: ingest_notification's
+    `none_stored`).
     """
     # Inside a caller's transaction (tests, a management command), a savepoint keeps a failed
     # attempt from aborting it; in a request (autocommit) the statement is the transaction.

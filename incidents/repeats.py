@@ -125,8 +125,8 @@ def count_params(
     now: datetime,
     rows: list[dict] | None = None,
 ) -> dict:
-    """The parameters of FIND_STORED, lock and count; `rows`: the `incoming` document when a caller needs more of
-    each alert than incoming_row (incidents.lane)."""
+    """The parameters of FIND_STORED, lock and count; `rows`: the `incoming` document when a
+    caller needs more of each alert than incoming_row (incidents.lane)."""
     # One JSON document rather than four arrays: psycopg quotes a string in C, but escapes an
     # array's elements one by one in Python (1.8 ms of a 50-alert notification's 19 ms).
     return {

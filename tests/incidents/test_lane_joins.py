@@ -141,10 +141,9 @@ def test_joining_alerts_are_one_statement_each_and_store_what_the_general_path_s
 
 def _growing() -> list[dict]:
     """A group's notifications as Alertmanager sends them while it grows: every firing alert so
-    far, and new ones. New ones alone of the same severity as stored ones; a duplicate; two new
-    ones tied on the highest severity under different labels (the first one's is the incident's);
-    a new milder one beside a severer stored one; the stored ones in another order; odd
-    characters."""
+    far, and new ones. A new one of the stored one's severity; a duplicate; two new ones tied on
+    the highest severity under different labels (the first one's is the incident's); a new milder
+    one beside severer stored ones; the stored ones in another order; odd characters."""
     stored = [firing(pod="a")]
     steps = [
         [firing(pod="b")],
@@ -163,7 +162,7 @@ def _growing() -> list[dict]:
 
 
 @pytest.mark.django_db
-def test_a_growing_groups_notifications_are_one_statement_each_and_store_what_the_general_path_stores(
+def test_a_growing_groups_notifications_are_one_statement_and_store_what_the_general_path_does(
     client, am_token, monkeypatch
 ):
     answers, stored = _both_ways(client, am_token, monkeypatch, _growing())
@@ -330,6 +329,16 @@ def test_the_collection_request_and_round_are_what_debounced_request_decides(
     assert published == ([incident.pk] if publish else [])
 
 
+def _rival(settings: dict) -> psycopg.Connection:
+    """A connection of its own to the test database, for a concurrent transaction."""
+    return psycopg.connect(
+        host=settings["HOST"] or "127.0.0.1",
+        port=settings["PORT"] or 5432,
+        user=settings["USER"],
+        dbname=settings["NAME"],
+    )
+
+
 @pytest.mark.django_db(transaction=True)
 def test_an_instance_stored_by_a_concurrent_delivery_is_counted_not_duplicated(am_token):
     """Another transaction inserts the same instance (into another incident, so it holds no lock
@@ -342,13 +351,7 @@ def test_an_instance_stored_by_a_concurrent_delivery_is_counted_not_duplicated(a
     )
     payload = group(firing(pod="b"))
     fingerprint = payload["alerts"][0]["fingerprint"]
-    settings = connection.settings_dict
-    with psycopg.connect(
-        host=settings["HOST"] or "127.0.0.1",
-        port=settings["PORT"] or 5432,
-        user=settings["USER"],
-        dbname=settings["NAME"],
-    ) as rival:
+    with _rival(connection.settings_dict) as rival:
         rival.execute(
             "INSERT INTO incidents_alert (cluster_id, incident_id, fingerprint, starts_at, status,"
             " alertname, labels, annotations, generator_url, group_hash, first_seen_at,"
@@ -373,16 +376,6 @@ def test_an_instance_stored_by_a_concurrent_delivery_is_counted_not_duplicated(a
     incident.refresh_from_db()
     assert (incident.alert_count, incident.firing_count) == (1, 1)  # nothing joined it
     assert list(WebhookDelivery.objects.values_list("status", flat=True)) == ["processed"] * 2
-
-
-def _rival(settings: dict) -> psycopg.Connection:
-    """A connection of its own to the test database, for a concurrent transaction."""
-    return psycopg.connect(
-        host=settings["HOST"] or "127.0.0.1",
-        port=settings["PORT"] or 5432,
-        user=settings["USER"],
-        dbname=settings["NAME"],
-    )
 
 
 @pytest.mark.django_db(transaction=True)

@@ -77,8 +77,8 @@ _IN_GROUP = repeats.lock(also=" AND incident_id = coalesce((SELECT id FROM grp),
 # table for the empty update (README, Benchmarks, "Found and left"; test_lane_joins' plan test).
 # The plan is kept, but every run starts each of its nodes anew, so each one costs every
 # webhook: these tests are EXISTS and arrays rather than counts (an aggregate each). Paired runs
-# on one connection (2026-12-07): this statement takes 0.15 ms more than the join-only one did
-# for a new alert or an exact repeat (1.0 against 0.85 ms), with counts 0.23 ms more.
+# on one connection (2026-12-07): this statement takes 0.15-0.17 ms more than the join-only one
+# did for a new alert or an exact repeat (1.02-1.11 against 0.87-0.94 ms); with counts, 0.23 ms.
 _VERDICT = """, verdict AS (
     SELECT NOT EXISTS (SELECT FROM wanted WHERE id <> ALL (ARRAY(SELECT id FROM matched))) AS whole
 )"""

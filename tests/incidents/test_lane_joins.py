@@ -36,6 +36,13 @@ def _general_path_only(monkeypatch) -> None:
     monkeypatch.setattr(lane, "run", lambda *args, **kwargs: None)
 
 
+def _again_by_the_general_path(monkeypatch) -> None:
+    """Empty what ingest writes, and send what follows down the general path alone."""
+    for model in (Alert, TimelineEvent, Incident, WebhookDelivery):
+        model.objects.all().delete()
+    _general_path_only(monkeypatch)
+
+
 def _stored() -> dict:
     """Everything ingest wrote, without ids and the times of the request (compared apart)."""
     alerts = list(
@@ -96,11 +103,7 @@ def _both_ways(client, am_token, monkeypatch, notifications: list[dict]) -> tupl
     answers, stored = {}, {}
     for way in ("lane", "general"):
         if way == "general":
-            Alert.objects.all().delete()
-            TimelineEvent.objects.all().delete()
-            Incident.objects.all().delete()
-            WebhookDelivery.objects.all().delete()
-            _general_path_only(monkeypatch)
+            _again_by_the_general_path(monkeypatch)
         post(client, group(firing(pod="a")), am_token)
         incident = Incident.objects.get()
         answers[way] = []
@@ -270,9 +273,7 @@ def test_stored_and_new_instances_the_lane_cannot_take_are_left_whole_to_the_gen
     stored = {}
     for way in ("lane", "general"):
         if way == "general":
-            for model in (Alert, TimelineEvent, Incident, WebhookDelivery):
-                model.objects.all().delete()
-            _general_path_only(monkeypatch)
+            _again_by_the_general_path(monkeypatch)
         before(client, am_token)
         with CaptureQueriesContext(connection) as ctx:
             answer = post(client, group(*alerts), am_token)

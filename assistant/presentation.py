@@ -104,9 +104,9 @@ def actions_of(incident: Incident, analysis: Analysis | None) -> list[ActionProp
     acted on. The page and the API list the same actions.
     """
     rows = list(
-        ActionProposal.objects.filter(incident=incident).select_related(
-            "proposed_by", "edited_by", "previewed_by", "decided_by", "analysis"
-        )
+        ActionProposal.objects.filter(incident=incident)
+        .select_related("proposed_by", "edited_by", "previewed_by", "decided_by")
+        .order_by()  # sorted below
     )
     current = [p for p in rows if analysis is not None and p.analysis_id == analysis.pk]
     current.sort(key=lambda p: (p.rank, p.pk))
@@ -119,7 +119,27 @@ def actions_of(incident: Incident, analysis: Analysis | None) -> list[ActionProp
         )
     ]
     others.sort(key=lambda p: p.pk)
+    _attach_analyses(current, others, analysis)
     return current + others
+
+
+def _attach_analyses(
+    current: list[ActionProposal], others: list[ActionProposal], analysis: Analysis | None
+) -> None:
+    """Each shown action's analysis (its card cites the hypothesis it came from), read once.
+
+    The current ones share the analysis the caller has; an older analysis is read only when an
+    action of it is shown, once for all of them. Joining the analysis to every action instead
+    (as before) decoded its JSON once per action, and the join's hundred-odd columns made
+    Django's SQL compilation the incident page's largest single cost (py-spy, README).
+    """
+    for proposal in current:
+        proposal.analysis = analysis
+    older = {p.analysis_id for p in others if p.analysis_id is not None}
+    found = Analysis.objects.in_bulk(older) if older else {}
+    for proposal in others:
+        if proposal.analysis_id in found:
+            proposal.analysis = found[proposal.analysis_id]
 
 
 def analysis_dict(analysis: Analysis) -> dict:

@@ -118,6 +118,46 @@ def test_a_re_analysis_supersedes_untouched_proposals_but_keeps_what_someone_act
     assert listed == [(newest.pk, "proposed"), (acted.pk, "approved")]
 
 
+def test_each_shown_action_cites_its_own_analysis_which_is_read_once(
+    client_as, incident, oom_rule, django_assert_num_queries
+):
+    """An action someone acted on stays on the page after a re-analysis, citing the hypothesis
+    of the analysis that proposed it, not the latest one's; that older analysis is read once
+    for all its actions, and not at all when no older action is shown."""
+    from assistant.presentation import actions_of
+    from tests.assistant.test_action_pages import card_html
+
+    first = engine.run_analysis(incident.pk)
+    with django_assert_num_queries(1):
+        assert [p.analysis for p in actions_of(incident, first)] == [first]
+    older_evidence = Evidence.objects.create(
+        incident=incident, collector="kubernetes", kind="k8s_events", title="events", data={}
+    )
+    first.hypotheses[0]["evidence"] = [older_evidence.pk]
+    first.save(update_fields=["hypotheses"])
+    acted = first.actions.get()
+    acted.status = "approved"
+    acted.save()
+    also = first.actions.create(incident=incident, action="restart-pods", status="rejected")
+    latest = engine.run_analysis(incident.pk)
+    (current,) = latest.actions.all()
+
+    with django_assert_num_queries(2):
+        shown = actions_of(incident, latest)
+        assert [(p.pk, p.analysis.pk) for p in shown] == [
+            (current.pk, latest.pk),
+            (acted.pk, first.pk),
+            (also.pk, first.pk),
+        ]
+    assert shown[1].analysis is shown[2].analysis
+
+    page = client_as("viewer").get(f"/incidents/{incident.pk}/").content.decode()
+    newest_pod = f'href="#evidence-{Evidence.objects.get(title="pod p-1").pk}"'
+    older_pod = f'href="#evidence-{older_evidence.pk}"'
+    assert newest_pod in card_html(page, current) and older_pod not in card_html(page, current)
+    assert older_pod in card_html(page, acted) and newest_pod not in card_html(page, acted)
+
+
 def test_the_page_shows_the_draft_and_links_citations_to_evidence_panels(
     client_as, incident, oom_rule
 ):

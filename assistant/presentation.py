@@ -103,11 +103,7 @@ def actions_of(incident: Incident, analysis: Analysis | None) -> list[ActionProp
     re-analysis supersedes the older analysis's untouched proposals, never an action someone
     acted on. The page and the API list the same actions.
     """
-    rows = list(
-        ActionProposal.objects.filter(incident=incident)
-        .select_related("proposed_by", "edited_by", "previewed_by", "decided_by")
-        .order_by()  # sorted below
-    )
+    rows = list(ActionProposal.objects.filter(incident=incident).order_by())  # sorted below
     current = [p for p in rows if analysis is not None and p.analysis_id == analysis.pk]
     current.sort(key=lambda p: (p.rank, p.pk))
     others = [
@@ -120,6 +116,7 @@ def actions_of(incident: Incident, analysis: Analysis | None) -> list[ActionProp
     ]
     others.sort(key=lambda p: p.pk)
     _attach_analyses(current, others, analysis)
+    _attach_people(current + others)
     return current + others
 
 
@@ -140,6 +137,24 @@ def _attach_analyses(
     for proposal in others:
         if proposal.analysis_id in found:
             proposal.analysis = found[proposal.analysis_id]
+
+
+PEOPLE = ("proposed_by", "edited_by", "previewed_by", "decided_by")
+
+
+def _attach_people(shown: list[ActionProposal]) -> None:
+    """Who added, edited, previewed and decided each action, one query for all (none while no
+    one has touched any): four joins of the user table put 44 more columns in the actions'
+    query, for Django to compile on every page view."""
+    from django.contrib.auth import get_user_model
+
+    ids = {getattr(p, f"{role}_id") for p in shown for role in PEOPLE} - {None}
+    users = get_user_model().objects.in_bulk(ids) if ids else {}
+    for proposal in shown:
+        for role in PEOPLE:
+            user = users.get(getattr(proposal, f"{role}_id"))
+            if user is not None:
+                setattr(proposal, role, user)
 
 
 def analysis_dict(analysis: Analysis) -> dict:

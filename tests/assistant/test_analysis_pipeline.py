@@ -119,11 +119,12 @@ def test_a_re_analysis_supersedes_untouched_proposals_but_keeps_what_someone_act
 
 
 def test_each_shown_action_cites_its_own_analysis_which_is_read_once(
-    client_as, incident, oom_rule, django_assert_num_queries
+    client_as, incident, oom_rule, django_assert_num_queries, django_user_model
 ):
     """An action someone acted on stays on the page after a re-analysis, citing the hypothesis
     of the analysis that proposed it, not the latest one's; that older analysis is read once
-    for all its actions, and not at all when no older action is shown."""
+    for all its actions, and not at all when no older action is shown. So are the people who
+    acted on them: one query for all, none while nobody did."""
     from assistant.presentation import actions_of
     from tests.assistant.test_action_pages import card_html
 
@@ -135,20 +136,25 @@ def test_each_shown_action_cites_its_own_analysis_which_is_read_once(
     )
     first.hypotheses[0]["evidence"] = [older_evidence.pk]
     first.save(update_fields=["hypotheses"])
+    ana, bo = (django_user_model.objects.create(username=name) for name in ("ana", "bo"))
     acted = first.actions.get()
-    acted.status = "approved"
+    acted.status, acted.decided_by, acted.decided_at = "approved", ana, incident.opened_at
     acted.save()
-    also = first.actions.create(incident=incident, action="restart-pods", status="rejected")
+    also = first.actions.create(
+        incident=incident, action="restart-pods", status="rejected", proposed_by=bo, decided_by=ana
+    )
     latest = engine.run_analysis(incident.pk)
     (current,) = latest.actions.all()
 
-    with django_assert_num_queries(2):
+    with django_assert_num_queries(3):
         shown = actions_of(incident, latest)
         assert [(p.pk, p.analysis.pk) for p in shown] == [
             (current.pk, latest.pk),
             (acted.pk, first.pk),
             (also.pk, first.pk),
         ]
+        people = [(p.proposed_by, p.decided_by, p.edited_by, p.previewed_by) for p in shown]
+        assert people == [(None, None, None, None), (None, ana, None, None), (bo, ana, None, None)]
     assert shown[1].analysis is shown[2].analysis
 
     page = client_as("viewer").get(f"/incidents/{incident.pk}/").content.decode()
@@ -156,6 +162,8 @@ def test_each_shown_action_cites_its_own_analysis_which_is_read_once(
     older_pod = f'href="#evidence-{older_evidence.pk}"'
     assert newest_pod in card_html(page, current) and older_pod not in card_html(page, current)
     assert older_pod in card_html(page, acted) and newest_pod not in card_html(page, acted)
+    assert "Approved by <strong>ana</strong>" in card_html(page, acted)
+    assert "added by <strong>bo</strong>" in card_html(page, also)
 
 
 def test_the_page_shows_the_draft_and_links_citations_to_evidence_panels(

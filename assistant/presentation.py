@@ -126,9 +126,9 @@ def _attach_analyses(
     """Each shown action's analysis (its card cites the hypothesis it came from), read once.
 
     The current ones share the analysis the caller has; an older analysis is read only when an
-    action of it is shown, once for all of them. Joining the analysis to every action instead
-    (as before) decoded its JSON once per action, and the join's hundred-odd columns made
-    Django's SQL compilation the incident page's largest single cost (py-spy, README).
+    action of it is shown, once for all of them. Joined to every action (as before), the
+    analysis's JSON was decoded once per action, and its columns with the four users' (about a
+    hundred) made Django's SQL compilation the incident page's largest single cost (README).
     """
     for proposal in current:
         proposal.analysis = analysis

@@ -145,7 +145,7 @@ _EVENT_ROWS = FragmentCache(4096)
 
 
 # What partials/alert_row.html shows of an alert. The page reads these as values, not as Alert
-# instances: building 50 instances, with the four timestamps and the columns no row shows, was
+# instances: building 50 instances, with the columns no row shows (two of them timestamps), was
 # about a quarter of reading the page's alerts (py-spy, README).
 ALERT_ROW_FIELDS = (
     "id",

@@ -159,9 +159,9 @@ def test_each_shown_action_cites_its_own_analysis_which_is_read_once(
 
     page = client_as("viewer").get(f"/incidents/{incident.pk}/").content.decode()
     newest_pod = f'href="#evidence-{Evidence.objects.get(title="pod p-1").pk}"'
-    older_pod = f'href="#evidence-{older_evidence.pk}"'
-    assert newest_pod in card_html(page, current) and older_pod not in card_html(page, current)
-    assert older_pod in card_html(page, acted) and newest_pod not in card_html(page, acted)
+    older_events = f'href="#evidence-{older_evidence.pk}"'
+    assert newest_pod in card_html(page, current) and older_events not in card_html(page, current)
+    assert older_events in card_html(page, acted) and newest_pod not in card_html(page, acted)
     assert "Approved by <strong>ana</strong>" in card_html(page, acted)
     assert "added by <strong>bo</strong>" in card_html(page, also)
 

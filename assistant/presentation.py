@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from django.contrib.auth import get_user_model
 from django.db.models import DateTimeField, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils.safestring import SafeString, mark_safe
@@ -115,47 +116,32 @@ def actions_of(incident: Incident, analysis: Analysis | None) -> list[ActionProp
         )
     ]
     others.sort(key=lambda p: p.pk)
-    _attach_analyses(current, others, analysis)
-    _attach_people(current + others)
-    return current + others
-
-
-def _attach_analyses(
-    current: list[ActionProposal], others: list[ActionProposal], analysis: Analysis | None
-) -> None:
-    """Each shown action's analysis (its card cites the hypothesis it came from), read once.
-
-    The current ones share the analysis the caller has; an older analysis is read only when an
-    action of it is shown, once for all of them. Joined to every action (as before), the
-    analysis's JSON was decoded once per action, and its columns with the four users' (about a
-    hundred) made Django's SQL compilation the incident page's largest single cost (README).
-    """
-    for proposal in current:
-        proposal.analysis = analysis
-    older = {p.analysis_id for p in others if p.analysis_id is not None}
-    found = Analysis.objects.in_bulk(older) if older else {}
-    for proposal in others:
-        if proposal.analysis_id in found:
-            proposal.analysis = found[proposal.analysis_id]
+    shown = current + others
+    # The actions' analyses and people, each read once for all of them rather than joined to
+    # every action. Joined (as before), the analysis's JSON was decoded once per action, and its
+    # columns with the four users' (about a hundred) made Django's SQL compilation the incident
+    # page's largest single cost (README). The current ones' analysis is the caller's.
+    _attach(shown, ("analysis",), Analysis, known=[analysis] if analysis else [])
+    _attach(shown, PEOPLE, get_user_model())
+    return shown
 
 
 PEOPLE = ("proposed_by", "edited_by", "previewed_by", "decided_by")
 
 
-def _attach_people(shown: list[ActionProposal]) -> None:
-    """Who added, edited, previewed and decided each action, one query for all (none while no
-    one has touched any): four joins of the user table put 44 more columns in the actions'
-    query, for Django to compile on every page view, and prefetch_related_objects would read
-    the users once per role."""
-    from django.contrib.auth import get_user_model
-
-    ids = {getattr(p, f"{role}_id") for p in shown for role in PEOPLE} - {None}
-    users = get_user_model().objects.in_bulk(ids) if ids else {}
-    for proposal in shown:
-        for role in PEOPLE:
-            user = users.get(getattr(proposal, f"{role}_id"))
-            if user is not None:
-                setattr(proposal, role, user)
+def _attach(rows: list, fields: tuple[str, ...], model: type, known: list | None = None) -> None:
+    """Set each row's foreign keys `fields` to `model` instances: those in `known`, the rest read
+    by one query for all (none when there is none to read). prefetch_related_objects would send
+    a query per field: four for PEOPLE."""
+    found = {obj.pk: obj for obj in known or []}
+    ids = {getattr(row, f"{field}_id") for row in rows for field in fields} - {None} - set(found)
+    if ids:
+        found.update(model.objects.in_bulk(ids))
+    for row in rows:
+        for field in fields:
+            obj = found.get(getattr(row, f"{field}_id"))
+            if obj is not None:
+                setattr(row, field, obj)
 
 
 def analysis_dict(analysis: Analysis) -> dict:

@@ -26,7 +26,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .common import CONCURRENCY, INGEST_SECONDS, Config, cpu_delta, cpu_snapshot, table, target
+from .common import CONCURRENCY, INGEST_SECONDS, Config, CpuTally, table, target
 from .loadgen import Bodies, choose_client, post_all, run_load
 from .memory import PeakRSS
 from .servers import CeleryWorker, Gunicorn
@@ -216,19 +216,19 @@ def run(cfg: Config) -> dict:
     drained: dict[str, float] = {}
 
     def measure(key: str, url: str, bodies: Bodies, duration: float = seconds) -> dict:
-        before = cpu_snapshot(roots)
-        result = run_load(
-            client,
-            url,
-            bodies,
-            seconds=duration,
-            concurrency=CONCURRENCY,
-            auth=auth,
-            workdir=workdir,
-            label=key,
-            wrk_threads=cfg.wrk_threads,
-        )
-        result["server_cpu_s"] = cpu_delta(before, cpu_snapshot(roots))
+        with CpuTally(roots) as cpu:
+            result = run_load(
+                client,
+                url,
+                bodies,
+                seconds=duration,
+                concurrency=CONCURRENCY,
+                auth=auth,
+                workdir=workdir,
+                label=key,
+                wrk_threads=cfg.wrk_threads,
+            )
+        result["server_cpu_s"] = cpu.seconds()
         result["cpu_ms_per_request"] = cpu_per_request(result)
         return result
 

@@ -32,8 +32,7 @@ from .common import (
     STORM_GROUPS,
     STORM_SECONDS,
     Config,
-    cpu_delta,
-    cpu_snapshot,
+    CpuTally,
     env_float,
     latency_summary,
     percentile,
@@ -222,17 +221,17 @@ def run(cfg: Config) -> dict:
         poller.start()
         time.sleep(1.0)
         quiet = list(poller.latencies)
-        before = cpu_snapshot(roots)
-        storm_started = time.monotonic()
-        storm_began_at = datetime.now(UTC)
-        records = asyncio.run(
-            send_storm(f"{web.url}/hooks/alertmanager", schedule, f"Bearer {token}")
-        )
-        storm_seconds = time.monotonic() - storm_started
-        storm_ended_at = datetime.now(UTC)
+        with CpuTally(roots) as tally:
+            storm_started = time.monotonic()
+            storm_began_at = datetime.now(UTC)
+            records = asyncio.run(
+                send_storm(f"{web.url}/hooks/alertmanager", schedule, f"Bearer {token}")
+            )
+            storm_seconds = time.monotonic() - storm_started
+            storm_ended_at = datetime.now(UTC)
         during = poller.latencies[len(quiet) :]
         poller.stop()
-        cpu = cpu_delta(before, cpu_snapshot(roots))
+        cpu = tally.seconds()
         settle_started = time.monotonic()
         stable = 0
         while time.monotonic() - settle_started < settle_limit:

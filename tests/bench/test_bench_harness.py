@@ -230,3 +230,24 @@ def test_cpu_per_request_divides_each_process_group_by_the_answered_requests():
         "machine": 3.0,
     }
     assert cpu_per_request({**case, "requests": 0}) == {}
+
+
+def test_cpu_tally_keeps_a_process_that_exited_during_the_span():
+    """A PostgreSQL backend whose connection is replaced mid-case exits with its CPU: two
+    snapshots lose it, the tally keeps what it last sampled."""
+    from bench.common import CpuTally, cpu_delta, cpu_snapshot
+
+    burn = (
+        "import sys, time\n"
+        "sys.stdin.readline()\n"
+        "start = time.process_time()\n"
+        "while time.process_time() - start < 1.0:\n"
+        "    pass\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE, text=True)
+    roots = {"burner": child.pid}
+    with CpuTally(roots, interval=0.05) as tally:
+        child.communicate("go\n", timeout=60)
+    assert child.returncode == 0
+    assert tally.seconds()["burner"] >= 0.5
+    assert cpu_delta(tally.before, cpu_snapshot(roots))["burner"] == 0

@@ -376,6 +376,7 @@ def report(result: dict) -> str:
                 case["server_cpu_s"].get("celery"),
                 case["server_cpu_s"].get("postgres"),
                 case["server_cpu_s"].get("machine"),
+                case["server_cpu_s"].get("stolen"),
             ]
         )
     gun = result["gunicorn"]
@@ -403,6 +404,7 @@ def report(result: dict) -> str:
             "celery cpu s",
             "postgres cpu s",
             "machine cpu s",
+            "stolen cpu s",
         ],
         rows,
         title=title,
@@ -422,7 +424,7 @@ def report(result: dict) -> str:
         f"{key} "
         + " / ".join(
             f"{name} {case['cpu_ms_per_request'][name]:.2f}"
-            for name in ("gunicorn", "postgres", "celery", "client", "machine")
+            for name in ("gunicorn", "postgres", "celery", "client", "machine", "stolen")
             if name in case.get("cpu_ms_per_request", {})
         )
         for key, case in result["cases"].items()

@@ -99,7 +99,7 @@ def test_every_benchmark_runs_and_writes_json(tmp_path):
         assert case["requests"] > 0
         assert {"p50", "p95", "p99"} <= set(case["latency_ms"])
         per_request = case["cpu_ms_per_request"]
-        assert {"gunicorn", "postgres", "machine", "client"} <= set(per_request)
+        assert {"gunicorn", "postgres", "machine", "stolen", "client"} <= set(per_request)
         assert per_request["gunicorn"] == pytest.approx(
             case["server_cpu_s"]["gunicorn"] / case["requests"] * 1000, abs=1e-3
         )
@@ -124,6 +124,8 @@ def test_every_benchmark_runs_and_writes_json(tmp_path):
     assert len(results["pages"]["steps"]) == 2
     for step in results["pages"]["steps"]:
         assert step["pages"]["list"]["queries"] > 0
+        # How much of the machine the hypervisor took while each page was timed.
+        assert all(0 <= page["stolen_share"] <= 1 for page in step["pages"].values())
 
     for title in ("1. Webhook ingestion", "2. Alert storm", "3. Time to analysis", "Summary"):
         assert title in completed.stdout
@@ -251,3 +253,16 @@ def test_cpu_tally_keeps_a_process_that_exited_during_the_span():
     assert child.returncode == 0
     assert tally.seconds()["burner"] >= 0.5
     assert cpu_delta(tally.before, cpu_snapshot(roots))["burner"] == 0
+
+
+def test_the_machine_time_leaves_out_what_the_hypervisor_stole(monkeypatch):
+    from bench import common
+
+    ticks = "cpu  100 20 30 400 50 5 5 40 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
+    monkeypatch.setattr(common, "_read", lambda path: ticks)
+    monkeypatch.setattr(common, "CLK_TCK", 100)
+    assert common.machine_cpu_seconds() == pytest.approx(1.6)  # user nice system irq softirq
+    assert common.stolen_cpu_seconds() == pytest.approx(0.4)
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
+    assert common.stolen_share((1.0, 10.0), (1.5, 15.0)) == 0.05
+    assert common.stolen_share((1.0, 10.0), (1.0, 10.0)) is None

@@ -120,7 +120,7 @@ def actions_of(incident: Incident, analysis: Analysis | None) -> list[ActionProp
     # The actions' analyses and people, each read once for all of them rather than joined to
     # every action. Joined (as before), the analysis's JSON was decoded once per action, and its
     # columns with the four users' (about a hundred) made Django's SQL compilation the incident
-    # page's largest single cost (README). The current ones' analysis is the caller's.
+    # page's largest single cost (docs/performance.md). The current ones' analysis is the caller's.
     _attach(shown, ("analysis",), Analysis, known=[analysis] if analysis else [])
     _attach(shown, PEOPLE, get_user_model())
     return shown

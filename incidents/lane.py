@@ -15,8 +15,8 @@ delivery) writes nothing here and goes down the general path (ingest.ingest_noti
 does the same things with the ORM in seven round trips or more: the lane's statement, BEGIN,
 the delivery, the group's incident, the stored instances, their count, the alerts and their
 lines, the incident, COMMIT. On `make bench` ingest (a), a new alert in a group's open incident,
-that was 1.8 ms of Python and 0.8 ms of PostgreSQL's CPU per webhook in-process; README's
-Benchmarks has what the lane makes of it.
+that was 1.8 ms of Python and 0.8 ms of PostgreSQL's CPU per webhook in-process;
+docs/performance.md has what the lane makes of it.
 
 What the statement writes is what the general path writes: the values come from the same
 functions (ingest.alert_event, ingest.alertname, ingest.severest), and tests compare both
@@ -74,7 +74,7 @@ _IN_GROUP = repeats.lock(also=" AND incident_id = coalesce((SELECT id FROM grp),
 # matched, and either none is new or the group's incident is there for the new ones; the new ones
 # are inserted when the incident is there and all stored ones matched. `counted` does not run
 # for a join (none stored): a generic plan made while the alerts table was small would scan the
-# table for the empty update (README, Benchmarks, "Found and left"; test_lane_joins' plan test).
+# table for the empty update (docs/performance.md, "Found and left"; test_lane_joins' plan test).
 # The plan is kept, but every run starts each of its nodes anew, so each one costs every
 # webhook: these tests are EXISTS and arrays rather than counts (an aggregate each). Paired runs
 # on one connection (2026-12-07): this statement takes 0.15-0.17 ms more than the join-only one

@@ -54,7 +54,7 @@ from .models import Alert
 # over a JSON document, hash-join a sequential scan of the table (2.6 ms for one alert over
 # 3,306 rows, 0.5 ms by the primary key). One weakness is left: a generic plan (the statement is
 # prepared) made while the table is small scans it for the UPDATE, until autovacuum analyzes the
-# table or the connection is replaced (README, Benchmarks: "Found and left").
+# table or the connection is replaced (docs/performance.md: "Found and left").
 FIND_STORED = """
 WITH incoming AS (
     SELECT * FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb)

@@ -146,7 +146,7 @@ _EVENT_ROWS = FragmentCache(4096)
 
 # What partials/alert_row.html shows of an alert. The page reads these as values, not as Alert
 # instances: building 50 instances, with the columns no row shows (two of them timestamps), was
-# about a quarter of reading the page's alerts (py-spy, README).
+# about a quarter of reading the page's alerts (py-spy, docs/performance.md).
 ALERT_ROW_FIELDS = (
     "id",
     "status",

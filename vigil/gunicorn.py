@@ -43,7 +43,7 @@ def post_worker_init(worker) -> None:
     (modules, classes, URL patterns, settings): 50 ms on the 2-core bench VM with the interpreter
     lock held, so every thread of the worker stalls while it runs. `make bench` ingest, three
     runs before and three after: the do-nothing view's p99 108-212 -> 26-40 ms, (c)'s 139-236
-    -> 124-159 ms (README, Benchmarks). Frozen objects are never collected, which costs nothing
+    -> 124-159 ms (docs/performance.md). Frozen objects are never collected, which costs nothing
     for what lives as long as the process. The URL configuration is loaded first, in case a
     view module is not imported yet.
     """

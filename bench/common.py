@@ -289,7 +289,7 @@ def machine_cpu_seconds() -> float:
 
 def stolen_cpu_seconds() -> float:
     """CPU time the hypervisor took from this VM since boot. On the shared 2-core VMs the
-    benchmarks ran on, 5-20% of a loaded machine's time in some minutes and none in others:
+    benchmarks ran on, up to 10% of a loaded machine's time over some 15 s spans, none in others:
     the same code's figures move with it."""
     return _cpu_ticks()[7] / CLK_TCK
 

@@ -516,3 +516,20 @@ def test_a_notification_the_lane_cannot_prepare_goes_down_the_general_path(
     assert not any(q.lstrip().startswith("WITH incoming AS") for q in _work(ctx))
     assert Incident.objects.get().alert_count == 2
     assert list(WebhookDelivery.objects.values_list("status", flat=True)) == ["processed"] * 2
+
+
+def test_psycopg_keeps_the_lane_statements_conversion():
+    """psycopg converts %(name)s placeholders with a regular expression and caches the result
+    only for statements up to MAX_CACHED_STATEMENT_LENGTH bytes: over it (as the indented
+    statement was), every webhook paid the split again. A clause added to the statement must
+    keep it under, or the limit be revisited."""
+    import re
+
+    from psycopg import _queries
+    from psycopg.adapt import Transformer
+
+    params = dict.fromkeys(re.findall(r"%\((\w+)\)s", lane.STATEMENT))
+    _queries._query2pg.cache_clear()
+    for _ in range(3):
+        _queries.PostgresQuery(Transformer()).convert(lane.STATEMENT, params)
+    assert _queries._query2pg.cache_info().hits == 2, len(lane.STATEMENT.encode())

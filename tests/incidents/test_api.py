@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from incidents.models import Incident
-from tests.incidents.payloads import firing, group, post
+from tests.incidents.payloads import firing, group, post, resolved
 
 pytestmark = pytest.mark.django_db
 
@@ -95,6 +99,51 @@ def test_detail_has_alerts_evidence_and_a_null_analysis(client, three_incidents)
     assert alert["status"] == "firing"
     assert alert["endsAt"] is None
     assert alert["startsAt"].startswith("2026-11-23T10:00:00")
+
+
+def _alerts_as_the_api_writes_them(incident: Incident) -> list[dict]:
+    """Each alert's stored values under the API's names, through Django's JSON encoder."""
+    rows = [
+        {
+            "id": a.pk,
+            "fingerprint": a.fingerprint,
+            "status": a.status,
+            "labels": a.labels,
+            "annotations": a.annotations,
+            "startsAt": a.starts_at,
+            "endsAt": a.ends_at,
+            "generatorURL": a.generator_url,
+            "notification_count": a.notification_count,
+        }
+        for a in incident.alerts.all()
+    ]
+    return json.loads(json.dumps(rows, cls=DjangoJSONEncoder))
+
+
+def test_detail_lists_every_alert_with_every_field_in_a_query_count_that_does_not_grow(
+    client, am_token
+):
+    """An incident from a storm holds thousands of alerts, all of them in its detail: each
+    with every field as stored, in the incident's order, and no query per alert."""
+    link = {"generatorURL": "http://prometheus:9090/graph?g0.expr=up"}
+    small = group(*[firing("Small", pod=f"s{i}") for i in range(2)])
+    post(client, small, am_token)
+    post(client, small, am_token)  # re-notified: counted twice
+    post(client, group(resolved("Small", pod="s1")), am_token)
+    post(client, group(*[{**firing("Large", pod=f"l{i}"), **link} for i in range(12)]), am_token)
+    key = api_key("v")
+    get(client, "/api/v1/incidents", key)  # the key's first use notes when it was used
+    queries = {}
+    for incident in Incident.objects.order_by("pk"):
+        with CaptureQueriesContext(connection) as ctx:
+            body = get(client, f"/api/v1/incidents/{incident.pk}", key).json()
+        queries[incident.alert_count] = len(ctx.captured_queries)
+        assert body["alerts"] == _alerts_as_the_api_writes_them(incident)
+    assert set(queries) == {2, 12}
+    assert queries[2] == queries[12]
+    small_alerts = Incident.objects.order_by("pk").first().alerts.order_by("pk")
+    assert [a.notification_count for a in small_alerts] == [2, 3]
+    assert [a.status for a in small_alerts] == ["firing", "resolved"]
 
 
 def test_unknown_incident_is_404(client, three_incidents):

@@ -278,20 +278,21 @@ def _cpu_ticks() -> list[int]:
     return values + [0] * (8 - len(values))
 
 
-def machine_cpu_seconds() -> float:
-    """All CPU time the machine spent (every process, ours or not) since boot, busy only.
+def machine_cpu_seconds(ticks: list[int] | None = None) -> float:
+    """All CPU time the machine spent (every process, ours or not) since boot, busy only, from
+    `ticks` (_cpu_ticks) or read now.
 
     Stolen time is not in it: that is the hypervisor running another guest while this VM's
     vCPU waited (stolen_cpu_seconds), time nothing here spent."""
-    user, nice, system, _idle, _iowait, irq, softirq, _steal = _cpu_ticks()[:8]
+    user, nice, system, _idle, _iowait, irq, softirq, _steal = (ticks or _cpu_ticks())[:8]
     return (user + nice + system + irq + softirq) / CLK_TCK
 
 
-def stolen_cpu_seconds() -> float:
-    """CPU time the hypervisor took from this VM since boot. On the shared 2-core VMs the
-    benchmarks ran on, up to 10% of a loaded machine's time over some 15 s spans, none in others:
-    the same code's figures move with it."""
-    return _cpu_ticks()[7] / CLK_TCK
+def stolen_cpu_seconds(ticks: list[int] | None = None) -> float:
+    """CPU time the hypervisor took from this VM since boot, from `ticks` or read now. On the
+    shared 2-core VMs the benchmarks ran on, up to 10% of a loaded machine's time over some 15 s
+    spans, none in others: the same code's figures move with it."""
+    return (ticks or _cpu_ticks())[7] / CLK_TCK
 
 
 def stolen_share(before: tuple[float, float], after: tuple[float, float]) -> float | None:
@@ -316,8 +317,9 @@ def cpu_snapshot(roots: dict[str, int]) -> dict[str, dict[int, float]]:
     snap = {name: {p: procs[p][2] for p in descendants(pid, procs)} for name, pid in roots.items()}
     snap["postgres"] = {p: c for p, (_, comm, c) in procs.items() if comm.startswith("postgres")}
     snap["redis"] = {p: c for p, (_, comm, c) in procs.items() if comm.startswith("redis")}
-    snap["machine"] = {0: machine_cpu_seconds()}
-    snap["stolen"] = {0: stolen_cpu_seconds()}
+    ticks = _cpu_ticks()  # one reading for both, so that they add up to the same instant
+    snap["machine"] = {0: machine_cpu_seconds(ticks)}
+    snap["stolen"] = {0: stolen_cpu_seconds(ticks)}
     return snap
 
 

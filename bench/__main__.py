@@ -12,7 +12,7 @@ Environment (or the matching options):
   BENCH_PG_URL               the PostgreSQL server, default postgres://postgres@127.0.0.1:5432
   BENCH_REDIS_URL            the Redis server, default redis://127.0.0.1:6379
   BENCH_REDIS_DB             its database number (default: the first empty one of 15..8)
-  BENCH_GUNICORN_CLASS       gthread (default, as production) or sync; BENCH_GUNICORN_THREADS 4
+  BENCH_GUNICORN_CLASS       gthread (default, as production) or sync; BENCH_GUNICORN_THREADS 2
   BENCH_GUNICORN_WORKERS     default cores + 1 (gthread), 2 x cores + 1 (sync)
   BENCH_CELERY_CONCURRENCY   default 4, as docker-compose.yml runs the worker
   BENCH_CLIENT               wrk (default when installed) or asyncio
@@ -37,6 +37,8 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from vigil.gunicorn import DEFAULT_THREADS
 
 from .common import PY, ROOT, Config, env_float, env_int, loadavg, machine_info, table
 
@@ -274,7 +276,7 @@ def main(argv: list[str]) -> int:
         redis_url=redis_url,
         redis_db=redis_db,
         queue=f"vigil-bench-{run_id}",
-        # As production runs it (docker-compose.yml): gthread, cores + 1 workers of 4 threads.
+        # As production runs it (vigil/gunicorn.py): gthread, cores + 1 workers of 2 threads.
         gunicorn_workers=env_int(
             "BENCH_GUNICORN_WORKERS",
             cores + 1
@@ -282,7 +284,7 @@ def main(argv: list[str]) -> int:
             else 2 * cores + 1,
         ),
         gunicorn_class=os.environ.get("BENCH_GUNICORN_CLASS", "gthread"),
-        gunicorn_threads=env_int("BENCH_GUNICORN_THREADS", 4),
+        gunicorn_threads=env_int("BENCH_GUNICORN_THREADS", DEFAULT_THREADS),
         celery_concurrency=env_int("BENCH_CELERY_CONCURRENCY", 4),
         client=choose_client(os.environ.get("BENCH_CLIENT", "auto")),
         wrk_threads=env_int("BENCH_WRK_THREADS", 1),

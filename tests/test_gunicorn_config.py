@@ -13,7 +13,9 @@ def printed_config(**env: str) -> dict[str, str]:
     """gunicorn's resolved settings for `-c python:vigil.gunicorn` under `env`."""
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:vigil.gunicorn", "--print-config"]
     clean = {
-        k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "VIGIL_WEB_THREADS")
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WEB_CONCURRENCY", "VIGIL_WEB_THREADS", "VIGIL_WEB_CONNECTIONS")
     }
     out = subprocess.run(
         [*argv, "vigil.wsgi"],
@@ -35,17 +37,32 @@ def test_production_defaults_are_threaded_workers_with_a_connection_cap():
     settings = printed_config()
     assert settings["worker_class"] == "gthread"
     assert settings["workers"] == "3"
-    assert settings["threads"] == "4"
-    # Keep-alive connections spread over the workers instead of piling onto one.
+    assert settings["threads"] == "2"
+    # Keep-alive connections spread over the workers instead of piling onto one, with room for
+    # a load generator's 16 over three workers.
     assert settings["worker_connections"] == "8"
 
 
-@pytest.mark.parametrize(("threads", "cap"), [("2", "4"), ("8", "16")])
-def test_the_connection_cap_follows_the_threads(threads, cap):
+@pytest.mark.parametrize(("threads", "cap"), [("1", "8"), ("4", "8"), ("8", "16")])
+def test_the_connection_cap_grows_with_the_threads_past_eight(threads, cap):
     settings = printed_config(WEB_CONCURRENCY="5", VIGIL_WEB_THREADS=threads)
     assert settings["workers"] == "5"
     assert settings["threads"] == threads
     assert settings["worker_connections"] == cap
+
+
+def test_the_connection_cap_can_be_set():
+    settings = printed_config(VIGIL_WEB_CONNECTIONS="12")
+    assert settings["threads"] == "2"
+    assert settings["worker_connections"] == "12"
+
+
+def test_the_default_the_benchmarks_read_is_the_one_gunicorn_runs():
+    """`make bench` takes vigil.gunicorn.DEFAULT_THREADS, so that it measures production's
+    set-up unless told otherwise."""
+    from vigil import gunicorn
+
+    assert int(printed_config()["threads"]) == gunicorn.DEFAULT_THREADS
 
 
 def in_a_loaded_worker(*lines: str) -> subprocess.CompletedProcess:

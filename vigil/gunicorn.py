@@ -5,7 +5,8 @@ module, so production and the benchmarks run one set-up. Size it with the enviro
 than with flags (a `--threads` flag would not move the connection cap below):
 
 - WEB_CONCURRENCY: worker processes, default 3 (cores + 1 on the 2-core machines we measure on);
-- VIGIL_WEB_THREADS: threads per worker, default 4;
+- VIGIL_WEB_THREADS: threads per worker, default 2;
+- VIGIL_WEB_CONNECTIONS: keep-alive connections per worker, default 8 (or twice the threads);
 - VIGIL_BIND: address, default 0.0.0.0:8000.
 
 Threaded workers: a webhook spends much of its time waiting on PostgreSQL, and a waiting thread
@@ -19,17 +20,26 @@ import os
 bind = os.environ.get("VIGIL_BIND", "0.0.0.0:8000")
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "3"))
-threads = int(os.environ.get("VIGIL_WEB_THREADS", "4"))
+# Two threads per worker: one runs Python (a worker has one interpreter lock, so one core) while
+# the other waits on PostgreSQL, and a webhook spends about as long in each. More threads than
+# that only share the same core among more requests at once: each request then takes longer,
+# and the slowest much longer, for the same throughput. With 4 threads, `make bench` ingest's
+# (c) had a p99 of 94-119 ms (four runs); with 2, 83-98 ms (three runs), the same rates
+# (docs/performance.md, "Threads per worker").
+DEFAULT_THREADS = 2
+threads = int(os.environ.get("VIGIL_WEB_THREADS", str(DEFAULT_THREADS)))
 
 # A gthread worker accepts connections until it holds `worker_connections` (gunicorn's default:
 # 1,000), and a keep-alive connection stays with the worker that accepted it. Alertmanager, a
 # load balancer or a load generator opens its connections in a burst and keeps them, so one
 # worker could take them all and serve them on one core (one interpreter lock) while the others
 # idle: measured with `make bench` ingest, case (a) ran on a single process at 159 req/s, and at
-# 249 req/s spread over three with this cap. Twice the threads leaves each worker room for
-# idle keep-alive connections; a client beyond every worker's cap waits in the listen backlog
-# until a connection closes (keep-alive lasts gunicorn's 2 s).
-worker_connections = 2 * threads
+# 249 req/s spread over three with this cap. The cap leaves each worker room for idle keep-alive
+# connections and for requests queued behind its threads (served in arrival order): eight, so
+# that three workers hold 24 connections (a load generator's 16, Alertmanager's, a few
+# browsers'), or twice the threads where there are more. A client beyond every worker's cap
+# waits in the listen backlog until a connection closes (keep-alive lasts gunicorn's 2 s).
+worker_connections = int(os.environ.get("VIGIL_WEB_CONNECTIONS", str(max(8, 2 * threads))))
 
 backlog = 2048
 timeout = 120

@@ -44,7 +44,7 @@ def test_production_defaults_are_threaded_workers_with_a_connection_cap():
 
 
 @pytest.mark.parametrize(("threads", "cap"), [("1", "8"), ("4", "8"), ("8", "16")])
-def test_the_connection_cap_grows_with_the_threads_past_eight(threads, cap):
+def test_the_connection_cap_is_eight_or_twice_the_threads(threads, cap):
     settings = printed_config(WEB_CONCURRENCY="5", VIGIL_WEB_THREADS=threads)
     assert settings["workers"] == "5"
     assert settings["threads"] == threads

@@ -6,7 +6,7 @@ than with flags (a `--threads` flag would not move the connection cap below):
 
 - WEB_CONCURRENCY: worker processes, default 3 (cores + 1 on the 2-core machines we measure on);
 - VIGIL_WEB_THREADS: threads per worker, default 2;
-- VIGIL_WEB_CONNECTIONS: keep-alive connections per worker, default 8 (or twice the threads);
+- VIGIL_WEB_CONNECTIONS: connections per worker, default 8 (twice the threads past 4);
 - VIGIL_BIND: address, default 0.0.0.0:8000.
 
 Threaded workers: a webhook spends much of its time waiting on PostgreSQL, and a waiting thread
@@ -37,7 +37,7 @@ threads = int(os.environ.get("VIGIL_WEB_THREADS", str(DEFAULT_THREADS)))
 # 249 req/s spread over three with this cap. The cap leaves each worker room for idle keep-alive
 # connections and for requests queued behind its threads (served in arrival order): eight, so
 # that three workers hold 24 connections (a load generator's 16, Alertmanager's, a few
-# browsers'), or twice the threads where there are more. A client beyond every worker's cap
+# browsers'), or twice the threads where that is more. A client beyond every worker's cap
 # waits in the listen backlog until a connection closes (keep-alive lasts gunicorn's 2 s).
 worker_connections = int(os.environ.get("VIGIL_WEB_CONNECTIONS", str(max(8, 2 * threads))))
 

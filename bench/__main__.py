@@ -4,8 +4,9 @@ Names: ingest (1), storm (2), analysis (3), pages (4), llm (5); memory (6) is re
 ingest and analysis sampled. No names: all of them. `profile` (not in the default list) profiles
 one webhook request per case in-process (cProfile, timed SQL, EXPLAIN), then measures each
 case's CPU per request, the Python process's and its PostgreSQL backend's, against the
-do-nothing view (BENCH_PROFILE_REQUESTS 200 profiled; BENCH_PROFILE_CPU_ROUNDS 3 of
-BENCH_PROFILE_CPU_REQUESTS 1000).
+do-nothing view (BENCH_PROFILE_REQUESTS 200 profiled, on the wall clock or with
+BENCH_PROFILE_TIMER=cpu on the CPU's; BENCH_PROFILE_CPU_ROUNDS 3 of BENCH_PROFILE_CPU_REQUESTS
+1000).
 
 Environment (or the matching options):
   BENCH_SCALE=0.1            multiply sizes and durations (default 1 = the issue's numbers)

@@ -266,3 +266,25 @@ def test_the_machine_time_leaves_out_what_the_hypervisor_stole(monkeypatch):
     monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
     assert common.stolen_share((1.0, 10.0), (1.5, 15.0)) == 0.05
     assert common.stolen_share((1.0, 10.0), (1.0, 10.0)) is None
+
+
+@pytest.mark.parametrize(("timer", "sleep_counts"), [("wall", True), ("cpu", False)])
+def test_the_webhook_profile_can_count_cpu_instead_of_waiting(monkeypatch, timer, sleep_counts):
+    """On the CPU clock (BENCH_PROFILE_TIMER=cpu) a function that only waits, as psycopg does
+    for PostgreSQL, costs nothing; on the wall clock it costs its wait."""
+    import pstats
+    import time
+
+    from bench.profile_webhook import _profiler
+
+    def waits() -> None:
+        time.sleep(0.2)
+
+    monkeypatch.setenv("BENCH_PROFILE_TIMER", timer)
+    profile = _profiler()
+    profile.enable()
+    waits()
+    profile.disable()
+    stats = pstats.Stats(profile).stats
+    waited = next(v[3] for k, v in stats.items() if k[2] == "waits")  # cumulative seconds
+    assert (waited >= 0.15) is sleep_counts
